@@ -1,0 +1,1 @@
+"""The `osp` command line."""

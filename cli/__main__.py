@@ -1,0 +1,3 @@
+from osp.cli.main import cli
+
+cli(prog_name="osp")

@@ -1,0 +1,41 @@
+"""The ``osp`` command group.
+
+Commands are thin: they turn options into a config and call one function. Any :class:`OspError`
+(bad config, bad file, bad shape) is printed as one line and exits with status 2, never a traceback.
+Command modules import torch and the models inside their functions, so ``osp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from osp import __version__
+from osp.cli.common import UserError, err_console
+from osp.cli.reconstruct import reconstruct
+from osp.cli.samples import samples
+from osp.cli.vae import vae
+from osp.errors import OspError
+
+
+class OspGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OspError as err:
+            raise UserError(str(err)) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            raise SystemExit(130) from None
+
+
+@click.group(cls=OspGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, "--version", prog_name="osp")
+def cli() -> None:
+    """osp: train, compile and serve Open-Sora-Plan-class video generators."""
+
+
+cli.add_command(reconstruct)
+cli.add_command(vae)
+cli.add_command(samples)

@@ -1,0 +1,1 @@
+"""Files in and out: videos, weights folders and checkpoint converters."""

@@ -1,0 +1,1 @@
+"""End-to-end jobs: the only code that wires several components together."""
