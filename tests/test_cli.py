@@ -21,7 +21,9 @@ from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).save_pretrained(tmp_path_factory.mktemp("w") / "vae")
+    return CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).save_pretrained(
+        tmp_path_factory.mktemp("w") / "vae"
+    )
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -32,13 +34,23 @@ def run(*args: str) -> tuple[int, str]:
 def test_version_and_help() -> None:
     code, out = run("--version")
     assert code == 0 and __version__ in out
-    for command in ([], ["reconstruct"], ["vae"], ["vae", "convert"], ["vae", "init"], ["vae", "presets"], ["samples"]):
+    for command in (
+        [],
+        ["reconstruct"],
+        ["vae"],
+        ["vae", "convert"],
+        ["vae", "init"],
+        ["vae", "presets"],
+        ["samples"],
+    ):
         code, out = run(*command, "--help")
         assert code == 0 and "Usage:" in out, command
 
 
 def test_entry_point_is_installed() -> None:
-    out = subprocess.run([sys.executable, "-m", "osp.cli", "--version"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "osp.cli", "--version"], capture_output=True, text=True, check=True
+    )
     assert __version__ in out.stdout
 
 
@@ -82,7 +94,17 @@ def test_reconstruct_tiled(tmp_path: Path, vae_dir: Path) -> None:
 )
 def test_reconstruct_bad_input(tmp_path: Path, vae_dir: Path, args: list[str], message: str) -> None:
     out = tmp_path / "x.mp4"
-    base = ["reconstruct", str(sample_video("bikes")), "--vae", str(vae_dir), "-o", str(out), "--size", "64", "-q"]
+    base = [
+        "reconstruct",
+        str(sample_video("bikes")),
+        "--vae",
+        str(vae_dir),
+        "-o",
+        str(out),
+        "--size",
+        "64",
+        "-q",
+    ]
     code, text = run(*base, *args)
     assert code == 2, text
     assert message in text and "Traceback" not in text

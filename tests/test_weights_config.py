@@ -33,7 +33,10 @@ def test_yaml_config_loads_and_is_frozen(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("name: a\nstepz: 3\n", r"run.yaml: stepz: unknown key"),
-        ("name: a\ntiling:\n  latent_size: -1\n", r"run.yaml: tiling.latent_size: Input should be greater than 0"),
+        (
+            "name: a\ntiling:\n  latent_size: -1\n",
+            r"run.yaml: tiling.latent_size: Input should be greater than 0",
+        ),
         ("name: a\nsteps: many\n", r"run.yaml: steps: Input should be a valid integer"),
         ("steps: 1\n", r"run.yaml: name: Field required"),
         ("- a\n- b\n", r"run.yaml: the top level must be a mapping"),

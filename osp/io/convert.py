@@ -194,3 +194,65 @@ def convert_opensora_vae(
     config = opensora_vae_config(raw, str(config_path or "release config"))
     state = drop_prefixes(read_checkpoint(weights), ("loss.",))
     return config, state
+
+
+# ---- Latte text-to-video: diffusers LatteTransformer3DModel and Open-Sora-Plan v1.0 LatteT2V ---------
+
+_LATTE_COPIED = (
+    "num_attention_heads", "attention_head_dim", "in_channels", "out_channels", "num_layers", "dropout",
+    "cross_attention_dim", "attention_bias", "patch_size", "activation_fn", "norm_elementwise_affine", "norm_eps",
+    "caption_channels", "video_length",
+)  # fmt: skip
+# Keys that only concern bookkeeping, or options whose only supported value is checked below.
+_LATTE_IGNORED = {
+    "_class_name", "_diffusers_version", "_name_or_path", "num_embeds_ada_norm", "attention_mode",
+    "use_linear_projection", "upcast_attention", "norm_num_groups", "num_vector_embeds",
+}  # fmt: skip
+_LATTE_REQUIRED = {
+    "norm_type": "ada_norm_single",
+    "patch_size_t": 1,
+    "only_cross_attention": False,
+    "double_self_attention": False,
+    "attention_type": "default",
+}
+# Tensors of Open-Sora-Plan's LatteT2V that no computation reads (its caption projection keeps an unused
+# random "y_embedding" buffer).
+LATTE_T2V_UNUSED_KEYS = ("caption_projection.y_embedding",)
+
+
+def latte_t2v_config(raw: Mapping[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """LatteT2VConfig fields from a diffusers ``LatteTransformer3DModel`` or Open-Sora-Plan ``LatteT2V``
+    config.json. Open-Sora-Plan scales its temporal positions by max(video_length // 5, 1)."""
+    unknown = sorted(set(raw) - set(_LATTE_COPIED) - _LATTE_IGNORED - set(_LATTE_REQUIRED) - {"sample_size"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown Latte config keys: {', '.join(unknown)}")
+    for key, expected in _LATTE_REQUIRED.items():
+        if key in raw and raw[key] != expected:
+            raise ConfigError(f"{source}: {key}: {raw[key]!r} is not supported by osp (only {expected!r})")
+    config = {k: raw[k] for k in _LATTE_COPIED if k in raw and raw[k] is not None}
+    size = raw.get("sample_size", 64)
+    if isinstance(size, (list, tuple)):
+        if len(size) != 2 or size[0] != size[1]:
+            raise ConfigError(f"{source}: sample_size: {size} — only square training sizes are supported")
+        size = size[0]
+    config["sample_size"] = size
+    if raw.get("_class_name") == "LatteT2V":
+        config["temporal_interpolation_scale"] = float(max(int(raw.get("video_length", 16)) // 5, 1))
+    return config
+
+
+def convert_latte_t2v(src: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(LatteT2VConfig fields, state dict) from a diffusers / Open-Sora-Plan transformer folder
+    (config.json + diffusion_pytorch_model.safetensors, or a training .pt/.ckpt next to a config.json)."""
+    src = Path(src)
+    folder = src if src.is_dir() else src.parent
+    if not (folder / "config.json").is_file():
+        raise WeightsError(f"{folder}: no config.json beside the transformer weights")
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{folder / 'config.json'}: cannot read config ({err})") from None
+    config = latte_t2v_config(raw, str(folder / "config.json"))
+    weights = find_weights_file(src) if src.is_dir() else src
+    state = {k: v for k, v in read_checkpoint(weights).items() if k not in LATTE_T2V_UNUSED_KEYS}
+    return config, state

@@ -507,8 +507,10 @@ class CausalVideoVAE(Pretrained):
         z = posterior.sample(generator) if sample else posterior.mode()
         return z * self.config.scaling_factor
 
-    def decode_latents(self, latents: torch.Tensor, tiling: TilingConfig | None = None) -> torch.Tensor:
-        return self.decode(latents / self.config.scaling_factor, tiling)
+    def decode_latents(
+        self, latents: torch.Tensor, tiling: TilingConfig | None = None, progress: ProgressFn | None = None
+    ) -> torch.Tensor:
+        return self.decode(latents / self.config.scaling_factor, tiling, progress)
 
     def get_last_layer(self) -> torch.Tensor:
         """The decoder's output weight (adaptive GAN weighting differentiates through it)."""

@@ -1,0 +1,109 @@
+"""``osp generate``: text (or class) to video with a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from osp.cli.common import DTYPE_CHOICE, SIZE, console
+
+
+@click.command()
+@click.argument("prompts", nargs=-1)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="osp model folder (pipeline.json + transformer/ + vae/).",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("out.mp4"),
+    show_default=True,
+    help="Video file; several prompts write OUT_0.mp4, OUT_1.mp4, ...",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["torch"]),
+    default="torch",
+    show_default=True,
+    help="Which runtime evaluates the denoiser.",
+)
+@click.option(
+    "--frames", type=click.IntRange(min=1), default=None, help="Frames (4n+1); default from the model."
+)
+@click.option("--size", type=SIZE, default=None, help="S or HxW; default from the model.")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=None, help="Sampling steps; default from the model."
+)
+@click.option(
+    "--guidance", type=click.FloatRange(min=0), default=None, help="Classifier-free guidance scale."
+)
+@click.option(
+    "--sampler", default=None, help="ddim, pndm, dpm++, euler, ddpm, flow-euler; default from the model."
+)
+@click.option("--negative-prompt", default=None, help="Prompt for the unconditional branch of guidance.")
+@click.option(
+    "--class-label", "class_labels", type=int, multiple=True, help="Class-conditional models: label(s)."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Clip i uses seed + i.")
+@click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
+@click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
+@click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def generate(
+    prompts: tuple[str, ...],
+    model_dir: Path,
+    out: Path,
+    engine: str,
+    frames: int | None,
+    size: tuple[int, int] | None,
+    steps: int | None,
+    guidance: float | None,
+    sampler: str | None,
+    negative_prompt: str | None,
+    class_labels: tuple[int, ...],
+    seed: int,
+    gif: bool,
+    grid: bool,
+    dtype: str,
+    device: str,
+    quiet: bool,
+) -> None:
+    """Generate a video for each PROMPT (or each --class-label) and write it to OUT."""
+    from osp.errors import ConfigError
+    from osp.pipelines.generate import GenerateConfig, run_generate
+    from osp.progress import ProgressDisplay
+
+    if out.suffix.lower() != ".mp4":
+        raise ConfigError(f"out: {out} must end in .mp4")
+    cfg = GenerateConfig.from_dict(
+        dict(
+            prompts=list(prompts),
+            model=model_dir,
+            out=out,
+            engine=engine,
+            frames=frames,
+            size=size,
+            steps=steps,
+            guidance=guidance,
+            sampler=sampler,
+            negative_prompt=negative_prompt,
+            class_labels=list(class_labels),
+            seed=seed,
+            gif=gif,
+            grid=grid,
+            dtype=dtype,
+            device=device,
+        ),
+        source="options",
+    )
+    with ProgressDisplay(enabled=not quiet) as progress:
+        written = run_generate(cfg, progress)
+    for path in written:
+        console.print(f"wrote {path}")

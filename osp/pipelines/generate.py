@@ -1,0 +1,69 @@
+"""``osp generate`` as a function: load a model folder, generate, write videos (and GIF / grid)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from osp.config import Config
+from osp.errors import ConfigError
+from osp.io.video import write_contact_sheet, write_gif, write_video
+from osp.pipelines.reconstruct import DTYPES
+from osp.pipelines.text_to_video import ClassToVideo, TextToVideo, load_pipeline
+from osp.progress import ProgressDisplay
+
+
+class GenerateConfig(Config):
+    prompts: list[str] = Field(default_factory=list)
+    class_labels: list[int] = Field(default_factory=list)
+    model: Path
+    out: Path = Path("out.mp4")
+    engine: Literal["torch"] = "torch"
+    frames: int | None = Field(None, gt=0)
+    size: tuple[int, int] | None = None
+    steps: int | None = Field(None, gt=0)
+    guidance: float | None = Field(None, ge=0)
+    sampler: str | None = None
+    negative_prompt: str | None = None
+    seed: int = 0
+    gif: bool = False
+    grid: bool = False
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    device: str = "cpu"
+
+
+def output_paths(out: Path, count: int) -> list[Path]:
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
+
+
+def run_generate(cfg: GenerateConfig, progress: ProgressDisplay | None = None) -> list[Path]:
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype])
+    common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
+                  seed=cfg.seed, progress=progress)  # fmt: skip
+    if isinstance(pipe, TextToVideo):
+        if not cfg.prompts or cfg.class_labels:
+            raise ConfigError(
+                "prompts: this is a text-to-video model: give one or more prompts (no --class-label)"
+            )
+        result = pipe.generate(cfg.prompts, negative_prompt=cfg.negative_prompt, **common)  # type: ignore[arg-type]
+    else:
+        assert isinstance(pipe, ClassToVideo)
+        if not cfg.class_labels or cfg.prompts:
+            raise ConfigError(
+                "class_labels: this is a class-conditional model: give --class-label N (no prompt)"
+            )
+        result = pipe.generate(cfg.class_labels, **common)  # type: ignore[arg-type]
+    written: list[Path] = []
+    for path, video in zip(output_paths(cfg.out, len(result.videos)), result.videos, strict=True):
+        written.append(write_video(path, video, result.fps))
+        if cfg.gif:
+            written.append(write_gif(path.with_suffix(".gif"), video, result.fps))
+    if cfg.grid:
+        labels = cfg.prompts or [f"class {label}" for label in cfg.class_labels]
+        grid = cfg.out.with_name(f"{cfg.out.stem}_grid.png")
+        written.append(write_contact_sheet(grid, result.videos, labels=[label[:40] for label in labels]))
+    return written

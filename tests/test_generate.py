@@ -1,0 +1,140 @@
+"""Text-to-video and class-to-video pipelines and `osp generate` end to end, with tiny random models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from osp.cli.main import cli
+from osp.dit.latte import LATTE_CONFIGS, Latte
+from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
+from osp.errors import ConfigError, ShapeError
+from osp.io.video import probe_video, read_video
+from osp.pipelines.text_to_video import ClassToVideo, PipelineSpec, TextToVideo, load_pipeline
+from osp.text import load_text_encoder
+from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
+
+
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    for param in model.parameters():  # zero-initialised outputs would make every video grey
+        param.data.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def t2v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    transformer = _randomise(LatteT2V(LATTE_T2V_CONFIGS["latte-t2v-tiny"].replace(caption_channels=384)))
+    vae = CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).eval()
+    spec = PipelineSpec(frames=9, size=(32, 48), steps=3, sampler="ddim", guidance=3.0, fps=8)
+    pipe = TextToVideo(transformer, vae, load_text_encoder("minilm"), spec)
+    return pipe.save_pretrained(tmp_path_factory.mktemp("models") / "t2v")
+
+
+@pytest.fixture(scope="module")
+def c2v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    transformer = _randomise(Latte(LATTE_CONFIGS["latte-tiny"]))
+    vae = CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).eval()
+    spec = PipelineSpec(kind="class-to-video", frames=9, size=(32, 32), steps=2)
+    return ClassToVideo(transformer, vae, spec).save_pretrained(tmp_path_factory.mktemp("models") / "c2v")
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_generate_writes_a_decodable_video(tmp_path: Path, t2v_dir: Path) -> None:
+    out = tmp_path / "clip.mp4"
+    code, text = run("generate", "a red circle moving left", "--model", str(t2v_dir), "-o", str(out), "--gif",
+                     "--grid", "-q")  # fmt: skip
+    assert code == 0, text
+    info = probe_video(out)
+    assert (info.frames, info.height, info.width) == (9, 32, 48)
+    assert read_video(out).fps == pytest.approx(8)
+    assert (tmp_path / "clip.gif").is_file() and (tmp_path / "clip_grid.png").is_file()
+
+
+def test_cli_options_override_the_model_defaults(tmp_path: Path, t2v_dir: Path) -> None:
+    out = tmp_path / "v.mp4"
+    code, text = run("generate", "one", "two", "--model", str(t2v_dir), "-o", str(out), "--frames", "5",
+                     "--size", "16x32", "--steps", "2", "--sampler", "euler", "-q")  # fmt: skip
+    assert code == 0, text
+    for name in ("v_0.mp4", "v_1.mp4"):
+        info = probe_video(tmp_path / name)
+        assert (info.frames, info.height, info.width) == (5, 16, 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "8"], "4n+1 frames"),
+        (["--size", "40"], "multiples of 16"),
+        (["--sampler", "warp"], "sampler: 'warp' is unknown"),
+        (["--class-label", "3"], "text-to-video model"),
+        (["-o", "x.avi"], "must end in .mp4"),
+    ],
+)
+def test_generate_bad_input(tmp_path: Path, t2v_dir: Path, args: list[str], message: str) -> None:
+    code, text = run("generate", "a cat", "--model", str(t2v_dir), "-o", str(tmp_path / "o.mp4"), "-q", *args)
+    assert code == 2, text
+    assert message in text and "Traceback" not in text
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_missing_model(tmp_path: Path) -> None:
+    code, text = run("generate", "a cat", "--model", str(tmp_path / "none"), "-q")
+    assert code == 2 and "not an osp model folder" in text
+
+
+def test_seeds_reproduce_and_batching_does_not_change_a_clip(t2v_dir: Path) -> None:
+    pipe = load_pipeline(t2v_dir)
+    assert isinstance(pipe, TextToVideo)
+    a = pipe.generate(["a blue square"], seed=5, steps=2)
+    b = pipe.generate(["a blue square"], seed=5, steps=2)
+    assert torch.equal(a.latents, b.latents)
+    batch = pipe.generate(["a green circle", "a blue square"], seed=4, steps=2)  # clip 1 uses seed 4 + 1
+    torch.testing.assert_close(batch.latents[1:], a.latents, rtol=1e-4, atol=1e-4)
+    other = pipe.generate(["a blue square"], seed=6, steps=2)
+    assert not torch.allclose(other.latents, a.latents)
+
+
+def test_negative_prompt_and_guidance_matter(t2v_dir: Path) -> None:
+    pipe = load_pipeline(t2v_dir)
+    assert isinstance(pipe, TextToVideo)
+    base = pipe.generate(["a red circle"], steps=2).latents
+    assert not torch.allclose(
+        pipe.generate(["a red circle"], steps=2, negative_prompt="blurry").latents, base
+    )
+    assert not torch.allclose(pipe.generate(["a red circle"], steps=2, guidance=1.0).latents, base)
+
+
+def test_long_prompt_is_truncated_with_a_warning(t2v_dir: Path) -> None:
+    pipe = load_pipeline(t2v_dir)
+    assert isinstance(pipe, TextToVideo)
+    with pytest.warns(UserWarning, match="prompt 0"):
+        result = pipe.generate(["a red circle " * 60], steps=1)
+    assert len(result.videos) == 1
+
+
+def test_pipeline_errors(t2v_dir: Path) -> None:
+    pipe = load_pipeline(t2v_dir)
+    with pytest.raises(ShapeError, match="4n"):
+        pipe.generate(["x"], frames=6)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="prompts"):
+        pipe.generate("not a list")  # type: ignore[arg-type]
+
+
+def test_class_to_video(tmp_path: Path, c2v_dir: Path) -> None:
+    out = tmp_path / "c.mp4"
+    code, text = run("generate", "--class-label", "3", "--model", str(c2v_dir), "-o", str(out), "-q")
+    assert code == 0, text
+    assert probe_video(out).frames == 9
+    code, text = run("generate", "--class-label", "99", "--model", str(c2v_dir), "-o", str(out), "-q")
+    assert code == 2 and "class labels" in text
+    code, text = run("generate", "a prompt", "--model", str(c2v_dir), "-o", str(out), "-q")
+    assert code == 2 and "class-conditional" in text
