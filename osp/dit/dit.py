@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from osp.config import Config
 from osp.errors import ConfigError, ShapeError, WeightsError
@@ -28,6 +27,7 @@ from osp.layers.dit_blocks import (
     FinalLayer,
     TransformerBlock,
     initialize_adaln_transformer,
+    run_block,
 )
 from osp.layers.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
 
@@ -150,10 +150,7 @@ class DiT(Pretrained):
         hidden = self.x_embedder(image) + pos.to(image)  # (B, N, D)
         cond = self.t_embedder(t) + self.y_embedder(class_labels)  # (B, D)
         for block in self.blocks:
-            if cfg.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden = checkpoint(block, hidden, cond, use_reentrant=False)
-            else:
-                hidden = block(hidden, cond)  # (B, N, D)
+            hidden = run_block(block, cfg.gradient_checkpointing, hidden, cond)  # (B, N, D)
         out = self.final_layer(hidden, cond)  # (B, N, p*p*C_head)
         out = unpatchify(out, h, w, p, cfg.head_channels)  # (B, C_head, H, W)
         out = out[:, : cfg.out_channels]  # SiT: drop the unused sigma half

@@ -16,17 +16,14 @@ Layout: config -> model (embed, blocks, final layer, unpatchify) -> presets.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.weights import Pretrained
-from osp.layers.dit_blocks import FinalLayer, TransformerBlock, initialize_adaln_transformer
+from osp.layers.dit_blocks import FinalLayer, TransformerBlock, initialize_adaln_transformer, run_block
 from osp.layers.embeddings import (
     LabelEmbedder,
     PatchEmbed,
@@ -173,11 +170,6 @@ class Latte(Pretrained):
                 f"class_labels must have shape (B,) = ({x.shape[0]},), got {tuple(class_labels.shape)}"
             )
 
-    def _run(self, block: nn.Module, *args: Any) -> torch.Tensor:
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -204,11 +196,11 @@ class Latte(Pretrained):
         # 2. Spatial block (attends over N), then temporal block (attends over T). Temporal positions are
         #    added once, before the first temporal block, as in the release.
         for i in range(0, cfg.depth, 2):
-            hidden = self._run(self.blocks[i], hidden, cond)
+            hidden = run_block(self.blocks[i], self.config.gradient_checkpointing, hidden, cond)
             hidden = hidden.transpose(1, 2)  # (B, N, T, D)
             if i == 0:
                 hidden = hidden + temporal_pos
-            hidden = self._run(self.blocks[i + 1], hidden, cond)
+            hidden = run_block(self.blocks[i + 1], self.config.gradient_checkpointing, hidden, cond)
             hidden = hidden.transpose(1, 2)  # (B, T, N, D)
 
         # 3. Final adaLN + projection, then patches back to latents.

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.convert import convert_latte_t2v
 from osp.io.weights import Pretrained, read_config_json
 from osp.layers.attention import attention
+from osp.layers.dit_blocks import run_block
 from osp.layers.embeddings import RoPE2D, TimestepEmbedding, sincos_1d, sincos_2d, unpatchify
 
 
@@ -316,11 +316,6 @@ class LatteT2V(Pretrained):
                 f"encoder_hidden_states must be (B={x.shape[0]}, L, {cfg.caption_channels}), got {tuple(context.shape)}"
             )
 
-    def _run(self, block: nn.Module, *args: Any) -> torch.Tensor:
-        if self.config.gradient_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
     def forward(
         self,
         x: torch.Tensor,
@@ -337,7 +332,7 @@ class LatteT2V(Pretrained):
         outputs at padded positions are zero.
         """
         self._check(x, encoder_hidden_states)
-        p = self.config.patch_size
+        cfg, p = self.config, self.config.patch_size
         b, _, frames, hh, ww = x.shape
         h, w = hh // p, ww // p
         sizes = None if latent_sizes is None else torch.as_tensor(latent_sizes, device=x.device).long()
@@ -379,11 +374,23 @@ class LatteT2V(Pretrained):
         for i, (spatial, temporal) in enumerate(
             zip(self.transformer_blocks, self.temporal_transformer_blocks, strict=True)
         ):
-            hidden = self._run(spatial, hidden, t_mod, context, context_valid, spatial_valid, rope, (h, w))
+            hidden = run_block(
+                spatial,
+                cfg.gradient_checkpointing,
+                hidden,
+                t_mod,
+                context,
+                context_valid,
+                spatial_valid,
+                rope,
+                (h, w),
+            )
             hidden = hidden.transpose(1, 2)  # (B, N, T, D)
             if i == 0 and frames > 1:
                 hidden = hidden + temporal_pos.transpose(0, 1)
-            hidden = self._run(temporal, hidden, t_mod, None, None, temporal_valid, None, None)
+            hidden = run_block(
+                temporal, cfg.gradient_checkpointing, hidden, t_mod, None, None, temporal_valid, None, None
+            )
             hidden = hidden.transpose(1, 2)  # (B, T, N, D)
             if token_valid is not None:
                 hidden = hidden * token_valid  # padding stays exactly zero (and finite)

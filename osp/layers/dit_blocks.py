@@ -12,9 +12,12 @@ Layout: modulate -> timestep embedder variant -> attention -> MLP -> block -> fi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from osp.layers.attention import attention
 from osp.layers.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder
@@ -149,3 +152,11 @@ def initialize_adaln_transformer(
         nn.init.zeros_(layer.bias)
     nn.init.zeros_(final_layer.linear.weight)
     nn.init.zeros_(final_layer.linear.bias)
+
+
+def run_block(block: nn.Module, checkpointing: bool, *args: Any) -> torch.Tensor:
+    """``block(*args)``, or the same through activation checkpointing when training with gradients:
+    the block's activations are recomputed in the backward pass instead of being kept."""
+    if checkpointing and block.training and torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
