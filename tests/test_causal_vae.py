@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from osp.errors import ShapeError
 from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE, TilingConfig
-from osp.vae.causal_vae import AttnBlock3D, CausalConv3d, TimeDownsample2x, TimeUpsample2x, VideoGroupNorm
+from osp.vae.causal_blocks import AttnBlock3D, CausalConv3d, TimeDownsample2x, TimeUpsample2x, VideoGroupNorm
 from osp.vae.tiling import AxisMap, axis_weights, plan_axis, tiled_apply
 
 TINY = CAUSAL_VAE_CONFIGS["causalvae-tiny"]
