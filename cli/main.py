@@ -16,6 +16,7 @@ from osp.cli.common import UserError, err_console
 from osp.cli.generate import generate
 from osp.cli.reconstruct import reconstruct
 from osp.cli.samples import samples
+from osp.cli.train import train
 from osp.cli.vae import vae
 from osp.errors import OspError
 
@@ -41,3 +42,4 @@ cli.add_command(generate)
 cli.add_command(reconstruct)
 cli.add_command(vae)
 cli.add_command(samples)
+cli.add_command(train)

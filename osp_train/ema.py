@@ -1,0 +1,45 @@
+"""One EMA of model weights, in fp32, updated after each optimizer step."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from osp.io.weights import WEIGHTS_NAME, Pretrained, check_state_dict, load_safetensors
+
+
+class EMA:
+    """``shadow = decay * shadow + (1 - decay) * param`` over every floating tensor of the state dict.
+
+    The shadow is a full fp32 copy of the model (a :class:`Pretrained`), so it saves as an ordinary osp
+    weights folder that ``from_pretrained`` and the pipelines load. Buffers and frozen parameters (fixed
+    sin-cos positions) are copied, not averaged.
+    """
+
+    def __init__(self, model: Pretrained, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        source = dict(model.named_parameters())
+        for name, shadow in self.model.named_parameters():
+            param = source[name]
+            if param.requires_grad:
+                shadow.lerp_(param.detach().float(), 1.0 - self.decay)
+            else:
+                shadow.copy_(param.detach())
+        for (_, shadow_buf), (_, buf) in zip(self.model.named_buffers(), model.named_buffers(), strict=True):
+            shadow_buf.copy_(buf)
+
+    def save(self, folder: Path) -> Path:
+        return self.model.save_pretrained(folder)
+
+    def load(self, folder: Path) -> None:
+        """Restore the shadow from a folder written by :meth:`save` (exactly: fp32 in, fp32 out)."""
+        state = load_safetensors(folder / WEIGHTS_NAME)
+        check_state_dict(self.model, state, str(folder))
+        self.model.load_state_dict(state, strict=True)

@@ -1,0 +1,318 @@
+"""The ``task: dit`` training loop: pixels → frozen VAE latents → diffusion loss → DeepSpeed step → EMA.
+
+:func:`train` is the one function ``osp train`` calls, in every process of the run. It resumes from the
+newest complete checkpoint in ``out/checkpoints`` when there is one, so an interrupted run continues by
+re-running the same command, bit-exact on CPU fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+from osp.diffusion import GaussianDiffusion, flow, sample_timesteps
+from osp.dit.latte import LATTE_CONFIGS, Latte
+from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
+from osp.errors import ConfigError
+from osp.io.weights import CONFIG_NAME, WEIGHTS_NAME, Pretrained, load_safetensors, read_config_json
+from osp.progress import ProgressDisplay
+from osp.vae import load_causal_vae
+from osp_train.checkpoint import (
+    TrainerState,
+    clean_partial,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from osp_train.config import TrainConfig
+from osp_train.data import BucketSampler, SkipCounter, VideoDataset, collate, derive_seed
+from osp_train.ema import EMA
+from osp_train.engine import DistInfo, build_engine, init_distributed
+
+MODEL_CLASSES: dict[str, type[Pretrained]] = {"Latte": Latte, "LatteT2V": LatteT2V}
+
+
+@dataclass(frozen=True)
+class TrainSummary:
+    out: str
+    steps: int
+    resumed_from: int  # 0: a fresh run
+    last_loss: float | None
+    requests: int
+    skipped: int
+    world_size: int
+    weights_sha256: list[str]  # per rank: ZeRO must leave every rank with the same weights
+
+
+def build_model(cfg: TrainConfig) -> Pretrained:
+    """The transformer from a preset or weights folder, with ``model_overrides`` applied."""
+    overrides: dict[str, Any] = {**cfg.model_overrides, "gradient_checkpointing": cfg.gradient_checkpointing}
+    if cfg.conditioning == "class" and cfg.cond_dropout is not None:
+        overrides["class_dropout_prob"] = cfg.cond_dropout
+    state = None
+    cls: type[Pretrained]
+    if cfg.model in LATTE_CONFIGS:
+        cls, base = Latte, LATTE_CONFIGS[cfg.model].model_dump()
+    elif cfg.model in LATTE_T2V_CONFIGS:
+        cls, base = LatteT2V, LATTE_T2V_CONFIGS[cfg.model].model_dump()
+    elif (Path(cfg.model) / CONFIG_NAME).is_file():
+        base = read_config_json(cfg.model)
+        name = base.pop("_class_name", None)
+        base.pop("_osp_version", None)
+        if name not in MODEL_CLASSES:
+            raise ConfigError(f"model: {cfg.model} holds a {name}, not one of {', '.join(MODEL_CLASSES)}")
+        cls, state = MODEL_CLASSES[name], load_safetensors(Path(cfg.model) / WEIGHTS_NAME)
+    else:
+        presets = ", ".join([*LATTE_CONFIGS, *LATTE_T2V_CONFIGS])
+        raise ConfigError(f"model: {cfg.model!r} is neither a preset ({presets}) nor an osp weights folder")
+    config = cls.config_class.from_dict({**base, **overrides}, source="model_overrides")
+    want = Latte if cfg.conditioning == "class" else LatteT2V
+    if cls is not want:
+        raise ConfigError(
+            f"conditioning: {cfg.conditioning!r} needs a {want.__name__} model, got a {cls.__name__}"
+        )
+    if state is not None:
+        return cls.from_state_dict(config, state, source=cfg.model).train()
+    return cls(config).train()  # type: ignore[arg-type]  # config is cls.config_class
+
+
+def _weights_hash(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _batches(
+    loader: DataLoader[Any], sampler: BucketSampler, epoch: int, batch: int
+) -> Iterator[tuple[int, int, Any]]:
+    """Endless (epoch, batches consumed in it, batch), starting ``batch`` batches into ``epoch``."""
+    while True:
+        sampler.set_epoch(epoch, batch)
+        for item in loader:
+            batch += 1
+            yield epoch, batch, item
+        epoch, batch = epoch + 1, 0
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past ``step`` that a killed run wrote after its last checkpoint."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _objective(
+    cfg: TrainConfig, model: Pretrained, device: torch.device
+) -> Callable[..., dict[str, torch.Tensor]]:
+    """``loss_fn(model_fn, x0, cond, generator)`` for the configured objective, checked against the model."""
+    learned_sigma = bool(model.config.learned_sigma)  # type: ignore[attr-defined]
+    if cfg.objective == "flow":
+        if learned_sigma:
+            raise ConfigError(
+                "objective: flow predicts a velocity; set model_overrides so the model has no learned sigma"
+            )
+        f = cfg.flow
+
+        def flow_loss(
+            model_fn: Any, x0: torch.Tensor, cond: Any, g: torch.Generator
+        ) -> dict[str, torch.Tensor]:
+            sigma = flow.sample_sigmas(
+                x0.shape[0],
+                method=f.sigma_sampling,
+                mean=f.logit_mean,
+                std=f.logit_std,
+                shift=f.shift,
+                generator=g,
+                device=device,
+            )
+            noise = torch.randn(x0.shape, generator=g, device=device)
+            return flow.training_losses(model_fn, x0, sigma, cond, noise)
+
+        return flow_loss
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion.replace(learn_sigma=learned_sigma))
+
+    def iddpm_loss(model_fn: Any, x0: torch.Tensor, cond: Any, g: torch.Generator) -> dict[str, torch.Tensor]:
+        t = sample_timesteps(x0.shape[0], diffusion.num_timesteps, generator=g, device=device)
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        return diffusion.training_losses(model_fn, x0, t, cond, noise)
+
+    return iddpm_loss
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = None) -> TrainSummary:
+    """Run (or resume) the training ``cfg`` describes, in this process of the process group."""
+    info: DistInfo = init_distributed()
+    device, main = info.device, info.is_main
+    console = console or Console(stderr=True)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+    # 1. Frozen conditioning models and the trainable transformer (same init on every rank).
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    # The frozen VAE runs in bf16 only on GPU: CPU kernels such as avg_pool3d have no bf16 version.
+    vae_dtype = dtype if device.type == "cuda" else torch.float32
+    vae = load_causal_vae(cfg.vae, dtype=vae_dtype, device=device).requires_grad_(False).eval()
+    if vae.config.embed_dim != model.config.in_channels:  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"model_overrides: in_channels is {model.config.in_channels} but the VAE makes "  # type: ignore[attr-defined]
+            f"{vae.config.embed_dim}-channel latents"
+        )
+    encoder = null_text = None
+    if cfg.conditioning == "text":
+        from osp.text import load_text_encoder
+
+        encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length, device=device)
+        null_text = encoder.null(1, device=device)
+    loss_fn = _objective(cfg, model, device)
+    ema = EMA(model, cfg.ema_decay) if main else None  # before DeepSpeed casts the module to bf16
+    engine = build_engine(cfg, model, info.world_size)
+
+    # 2. Data: every rank its own share of single-bucket batches, in an order fixed by (seed, epoch).
+    dataset = VideoDataset(cfg.data)
+    buckets = cfg.data.buckets or ((cfg.data.num_frames, *cfg.data.size),)
+    sampler = BucketSampler(
+        dataset, cfg.batch_size, buckets=buckets, rank=info.rank, world_size=info.world_size, seed=cfg.seed
+    )
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    skips = SkipCounter(cfg.data.max_skip_fraction, source=str(cfg.data.manifest))
+
+    # 3. Resume from the newest complete checkpoint, if any.
+    state = TrainerState(world_size=info.world_size)
+    if main:
+        clean_partial(cfg.checkpoints)
+    dist.barrier()
+    found = list_checkpoints(cfg.checkpoints)
+    if found:
+        state = load_checkpoint(found[-1], engine, ema, info.world_size)
+    resumed_from = state.step
+    metrics_path = cfg.out / "metrics.jsonl"
+    if main:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        (cfg.out / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2) + "\n")
+        _truncate_metrics(metrics_path, state.step)
+        if resumed_from:
+            console.print(f"resuming from {found[-1]} (step {resumed_from})")
+
+    def totals() -> tuple[int, int]:  # collective
+        requests, skipped = _all_sum([skips.requests, skips.skipped], device)
+        return state.requests + int(requests), state.skipped + int(skipped)
+
+    def model_fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+        return engine(x_t.to(dtype), t, **cast).float()
+
+    # 4. The loop.
+    step, epoch, batch_in_epoch = state.step, state.epoch, state.batch
+    window_loss, window_n, window_start, last_loss = 0.0, 0, time.perf_counter(), None
+    stream = _batches(loader, sampler, epoch, batch_in_epoch)
+    with (
+        ProgressDisplay(enabled=progress and main, console=console) as display,
+        display.step("train", total=cfg.steps) as update,
+    ):
+        update(step, cfg.steps)
+        while step < cfg.steps:
+            epoch, batch_in_epoch, batch = next(stream)
+            skips.update(batch)
+            # Every draw of this step comes from (seed, rank, step): the step counter is the RNG state.
+            g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, info.rank, step))
+            torch.manual_seed(derive_seed(cfg.seed, info.rank, step, 1))  # model-internal label dropout
+            with torch.no_grad():
+                x0 = vae.encode_latents(
+                    batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g
+                ).float()
+                cond = _condition(cfg, batch, encoder, null_text, g, device)
+            loss = loss_fn(model_fn, x0, cond, g)["loss"].mean()
+            engine.backward(loss)
+            engine.step()
+            step += 1
+            if ema is not None:
+                ema.update(engine.module)
+            window_loss, window_n = window_loss + loss.item(), window_n + 1
+            update(step, cfg.steps)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                loss_sum, n = _all_sum([window_loss, window_n], device)
+                requests, skipped = totals()
+                elapsed = time.perf_counter() - window_start
+                last_loss = loss_sum / n
+                if main:
+                    record = {
+                        "step": step,
+                        "loss": last_loss,
+                        "lr": engine.get_lr()[0],
+                        "samples_per_s": n * cfg.batch_size / elapsed,
+                        "epoch": epoch,
+                        "skipped": skipped,
+                        "requests": requests,
+                    }
+                    with metrics_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    console.print(
+                        f"step {step}/{cfg.steps}  loss {last_loss:.4f}  lr {record['lr']:.2e}  "
+                        f"{record['samples_per_s']:.1f} samples/s  skipped {skipped}"
+                    )
+                window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                requests, skipped = totals()
+                saved = replace(
+                    state, step=step, epoch=epoch, batch=batch_in_epoch, requests=requests, skipped=skipped
+                )
+                save_checkpoint(cfg.checkpoints, engine, ema, saved, rank=info.rank, keep_last=cfg.keep_last)
+
+    # 5. Final weights beside the checkpoints, and a check that ZeRO left every rank the same model.
+    requests, skipped = totals()
+    hashes: list[Any] = [None] * info.world_size
+    dist.all_gather_object(hashes, _weights_hash(engine.module))
+    summary = TrainSummary(
+        str(cfg.out), step, resumed_from, last_loss, requests, skipped, info.world_size, hashes
+    )
+    if main:
+        engine.module.save_pretrained(cfg.out / "model")
+        if ema is not None:
+            ema.save(cfg.out / "ema")
+        (cfg.out / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    dist.barrier()
+    return summary
+
+
+def _condition(
+    cfg: TrainConfig,
+    batch: dict[str, Any],
+    encoder: Any,
+    null_text: Any,
+    g: torch.Generator,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Model keyword arguments for a batch; text conditions dropped to the empty prompt for CFG."""
+    if cfg.conditioning == "class":
+        if "label" not in batch:
+            raise ConfigError(f"data.manifest: conditioning is class but {cfg.data.manifest} has captions")
+        return {"class_labels": batch["label"].to(device)}
+    if "caption" not in batch:
+        raise ConfigError(f"data.manifest: conditioning is text but {cfg.data.manifest} has class labels")
+    text = encoder.encode(batch["caption"], device=device)
+    states, mask = text.states, text.mask
+    if cfg.cond_dropout:
+        drop = torch.rand(states.shape[0], generator=g, device=device) < cfg.cond_dropout
+        states = torch.where(drop[:, None, None], null_text.states.expand_as(states), states)
+        mask = torch.where(drop[:, None], null_text.mask.expand_as(mask), mask)
+    return {"encoder_hidden_states": states, "encoder_attention_mask": mask}
