@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from osp.config import Config
 from osp.diffusion import FlowConfig, GaussianConfig
@@ -29,13 +29,49 @@ class OptimConfig(Config):
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
 
 
+class VAELossConfig(Config):
+    """``task: vae``: Open-Sora-Plan v1.0's CausalVAE objective (VQGAN recipe), see osp_train.losses.
+
+    Generator loss = sum over pixels / frames of (l1_weight * |x - x̂| + perceptual_weight * P(x, x̂))
+    + kl_weight * KL (summed, per clip) + [step >= disc_start] * adaptive_weight * (-D(x̂)).
+    """
+
+    l1_weight: float = Field(1.0, ge=0)
+    perceptual_weight: float = Field(1.0, ge=0)
+    # "lpips:/path/to/weights.pth" (LPIPS-VGG16, see osp_train.losses.LPIPS), "fallback" (multi-scale
+    # image-gradient L1, no weights needed) or "none".
+    perceptual: str = "fallback"
+    kl_weight: float = Field(1e-6, ge=0)
+    disc_start: int = Field(2001, ge=0, description="first step that trains and uses the discriminator")
+    disc_weight: float = Field(0.5, ge=0, description="times the adaptive weight of the generator GAN term")
+    disc_lr: float = Field(1e-4, gt=0)
+    disc_channels: int = Field(64, ge=1, description="width of the PatchGAN's first conv")
+    disc_layers: int = Field(3, ge=1, le=6)
+
+    @field_validator("perceptual")
+    @classmethod
+    def _perceptual_spec(cls, value: str) -> str:
+        if value in ("none", "fallback"):
+            return value
+        if not value.startswith("lpips:"):
+            raise ValueError(f"expected 'lpips:/path/to/weights.pth', 'fallback' or 'none', got {value!r}")
+        if not Path(value.removeprefix("lpips:")).is_file():
+            raise ValueError(f"no LPIPS weights file at {value.removeprefix('lpips:')!r}")
+        return value
+
+
 class TrainConfig(Config):
-    """Everything one ``task: dit`` run needs. Field paths in errors read like ``optim.lr``."""
+    """Everything one run needs. Field paths in errors read like ``optim.lr``.
+
+    ``task``: ``dit`` trains a diffusion transformer on frozen-VAE latents; ``vae`` trains a causal video
+    VAE (L1 + perceptual + KL + PatchGAN, ``vae_loss``); ``vqvae`` trains a VideoGPT VQ-VAE.
+    """
 
     out: Path
-    task: Literal["dit"] = "dit"
-    # The transformer: a preset of LATTE_CONFIGS / LATTE_T2V_CONFIGS, or an osp weights folder to
-    # fine-tune; ``model_overrides`` replaces config fields (e.g. ``caption_channels: 384``).
+    task: Literal["dit", "vae", "vqvae"] = "dit"
+    # dit: a preset of LATTE_CONFIGS / LATTE_T2V_CONFIGS, or an osp weights folder to fine-tune.
+    # vae / vqvae: a preset of CAUSAL_VAE_CONFIGS / VQVAE_CONFIGS, or an osp weights folder.
+    # ``model_overrides`` replaces config fields (e.g. ``caption_channels: 384``).
     model: str = "latte-tiny"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
     objective: Literal["iddpm", "flow"] = "iddpm"
@@ -47,8 +83,11 @@ class TrainConfig(Config):
     # Classifier-free guidance dropout: text → the empty prompt's embedding; class → the model's
     # "no label" row (None keeps the preset's class_dropout_prob).
     cond_dropout: float | None = Field(None, ge=0, le=1)
-    vae: Path = Field(description="frozen causal VAE (osp weights folder or a v1.0 release)")
+    vae: Path | None = Field(
+        None, description="dit: the frozen causal VAE (osp weights folder or a v1.0 release)"
+    )
     vae_sample: bool = Field(True, description="sample the posterior (True) or take its mode")
+    vae_loss: VAELossConfig = VAELossConfig()
     data: DataConfig
     num_workers: int = Field(0, ge=0)
     batch_size: int = Field(1, ge=1, description="per rank")
@@ -69,7 +108,13 @@ class TrainConfig(Config):
         if self.cpu_offload and self.zero_stage == 0:
             raise ValueError("cpu_offload needs zero_stage 1 or 2")
         if self.data.use_image_num:
-            raise ValueError("data.use_image_num: joint image-video training is not in the dit trainer yet")
+            raise ValueError("data.use_image_num: joint image-video training is not in the trainer yet")
+        if self.task == "dit" and self.vae is None:
+            raise ValueError("vae: task dit needs the frozen VAE that makes its latents")
+        if self.task != "dit" and self.gradient_checkpointing:
+            raise ValueError("gradient_checkpointing: only the dit models support it")
+        if self.task != "vae" and "vae_loss" in self.model_fields_set:
+            raise ValueError(f"vae_loss: only task vae reads it (this is task {self.task})")
         return self
 
     @property

@@ -1,4 +1,5 @@
-"""The ``task: dit`` training loop: pixels → frozen VAE latents → diffusion loss → DeepSpeed step → EMA.
+"""The training loop: a task step (dit: pixels → frozen VAE latents → diffusion loss; vae / vqvae: see
+osp_train.vae_task) → DeepSpeed step → EMA.
 
 :func:`train` is the one function ``osp train`` calls, in every process of the run. It resumes from the
 newest complete checkpoint in ``out/checkpoints`` when there is one, so an interrupted run continues by
@@ -157,18 +158,25 @@ def _objective(
     return iddpm_loss
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = None) -> TrainSummary:
-    """Run (or resume) the training ``cfg`` describes, in this process of the process group."""
-    info: DistInfo = init_distributed()
-    device, main = info.device, info.is_main
-    console = console or Console(stderr=True)
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+@dataclass(frozen=True)
+class Task:
+    """What differs between ``task: dit``, ``vae`` and ``vqvae``: the module DeepSpeed wraps and one step."""
 
-    # 1. Frozen conditioning models and the trainable transformer (same init on every rank).
-    torch.manual_seed(cfg.seed)
+    model: Pretrained
+    # step(engine, batch, generator, step) runs forward, backward and the optimizer step(s) and returns
+    # this step's metrics as floats, "loss" among them; ``generator`` is seeded from (seed, rank, step).
+    step: Callable[[Any, dict[str, Any], torch.Generator, int], dict[str, float]]
+    # What save_checkpoint / load_checkpoint drive: the engine itself, or a wrapper that adds state
+    # living outside it (the VAE's discriminator).
+    checkpointable: Callable[[Any], Any] = lambda engine: engine
+
+
+def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Task:
+    """Frozen VAE (+ text encoder) and the transformer; a step is encode → diffusion loss → update."""
     model = build_model(cfg)
     # The frozen VAE runs in bf16 only on GPU: CPU kernels such as avg_pool3d have no bf16 version.
     vae_dtype = dtype if device.type == "cuda" else torch.float32
+    assert cfg.vae is not None  # TrainConfig requires it for task dit
     vae = load_causal_vae(cfg.vae, dtype=vae_dtype, device=device).requires_grad_(False).eval()
     if vae.config.embed_dim != model.config.in_channels:  # type: ignore[attr-defined]
         raise ConfigError(
@@ -182,8 +190,44 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length, device=device)
         null_text = encoder.null(1, device=device)
     loss_fn = _objective(cfg, model, device)
+
+    def step(engine: Any, batch: dict[str, Any], g: torch.Generator, _: int) -> dict[str, float]:
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+            return engine(x_t.to(dtype), t, **cast).float()
+
+        with torch.no_grad():
+            x0 = vae.encode_latents(
+                batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g
+            ).float()
+            cond = _condition(cfg, batch, encoder, null_text, g, device)
+        loss = loss_fn(model_fn, x0, cond, g)["loss"].mean()
+        engine.backward(loss)
+        engine.step()
+        return {"loss": loss.item()}
+
+    return Task(model, step)
+
+
+def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = None) -> TrainSummary:
+    """Run (or resume) the training ``cfg`` describes, in this process of the process group."""
+    info: DistInfo = init_distributed()
+    device, main = info.device, info.is_main
+    console = console or Console(stderr=True)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+    # 1. The trainable model and what its task needs besides (same init on every rank).
+    torch.manual_seed(cfg.seed)
+    if cfg.task == "dit":
+        task = _dit_task(cfg, device, dtype)
+    else:
+        from osp_train.vae_task import autoencoder_task
+
+        task = autoencoder_task(cfg, info, dtype)
+    model = task.model
     ema = EMA(model, cfg.ema_decay) if main else None  # before DeepSpeed casts the module to bf16
     engine = build_engine(cfg, model, info.world_size)
+    checkpointable = task.checkpointable(engine)
 
     # 2. Data: every rank its own share of single-bucket batches, in an order fixed by (seed, epoch).
     dataset = VideoDataset(cfg.data)
@@ -201,7 +245,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
     dist.barrier()
     found = list_checkpoints(cfg.checkpoints)
     if found:
-        state = load_checkpoint(found[-1], engine, ema, info.world_size)
+        state = load_checkpoint(found[-1], checkpointable, ema, info.world_size)
     resumed_from = state.step
     metrics_path = cfg.out / "metrics.jsonl"
     if main:
@@ -215,13 +259,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         requests, skipped = _all_sum([skips.requests, skips.skipped], device)
         return state.requests + int(requests), state.skipped + int(skipped)
 
-    def model_fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
-        return engine(x_t.to(dtype), t, **cast).float()
-
     # 4. The loop.
     step, epoch, batch_in_epoch = state.step, state.epoch, state.batch
-    window_loss, window_n, window_start, last_loss = 0.0, 0, time.perf_counter(), None
+    window: dict[str, list[float]] = {}  # metric -> [sum, count] since the last log line
+    window_start, last_loss = time.perf_counter(), None
     stream = _batches(loader, sampler, epoch, batch_in_epoch)
     with (
         ProgressDisplay(enabled=progress and main, console=console) as display,
@@ -233,30 +274,29 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
             skips.update(batch)
             # Every draw of this step comes from (seed, rank, step): the step counter is the RNG state.
             g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, info.rank, step))
-            torch.manual_seed(derive_seed(cfg.seed, info.rank, step, 1))  # model-internal label dropout
-            with torch.no_grad():
-                x0 = vae.encode_latents(
-                    batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g
-                ).float()
-                cond = _condition(cfg, batch, encoder, null_text, g, device)
-            loss = loss_fn(model_fn, x0, cond, g)["loss"].mean()
-            engine.backward(loss)
-            engine.step()
+            # Model-internal draws (label dropout, codebook restarts) use the global generator.
+            torch.manual_seed(derive_seed(cfg.seed, info.rank, step, 1))
+            for key, value in task.step(engine, batch, g, step).items():
+                total = window.setdefault(key, [0.0, 0])
+                total[0], total[1] = total[0] + value, total[1] + 1
             step += 1
             if ema is not None:
                 ema.update(engine.module)
-            window_loss, window_n = window_loss + loss.item(), window_n + 1
             update(step, cfg.steps)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
-                loss_sum, n = _all_sum([window_loss, window_n], device)
+                keys = sorted(window)  # the same on every rank: a step's metrics depend on the step only
+                sums = _all_sum([v for k in keys for v in window[k]], device)
+                means = {k: sums[2 * i] / sums[2 * i + 1] for i, k in enumerate(keys)}
                 requests, skipped = totals()
                 elapsed = time.perf_counter() - window_start
-                last_loss = loss_sum / n
+                last_loss = means["loss"]
                 if main:
+                    n = sums[2 * keys.index("loss") + 1]
                     record = {
                         "step": step,
                         "loss": last_loss,
+                        **means,
                         "lr": engine.get_lr()[0],
                         "samples_per_s": n * cfg.batch_size / elapsed,
                         "epoch": epoch,
@@ -265,18 +305,21 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
                     }
                     with metrics_path.open("a") as fh:
                         fh.write(json.dumps(record) + "\n")
+                    extra = "".join(f"  {k} {v:.4g}" for k, v in means.items() if k != "loss")
                     console.print(
-                        f"step {step}/{cfg.steps}  loss {last_loss:.4f}  lr {record['lr']:.2e}  "
+                        f"step {step}/{cfg.steps}  loss {last_loss:.4f}{extra}  lr {record['lr']:.2e}  "
                         f"{record['samples_per_s']:.1f} samples/s  skipped {skipped}"
                     )
-                window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+                window, window_start = {}, time.perf_counter()
 
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 requests, skipped = totals()
                 saved = replace(
                     state, step=step, epoch=epoch, batch=batch_in_epoch, requests=requests, skipped=skipped
                 )
-                save_checkpoint(cfg.checkpoints, engine, ema, saved, rank=info.rank, keep_last=cfg.keep_last)
+                save_checkpoint(
+                    cfg.checkpoints, checkpointable, ema, saved, rank=info.rank, keep_last=cfg.keep_last
+                )
 
     # 5. Final weights beside the checkpoints, and a check that ZeRO left every rank the same model.
     requests, skipped = totals()
