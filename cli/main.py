@@ -13,6 +13,7 @@ import click
 
 from osp import __version__
 from osp.cli.common import UserError, err_console
+from osp.cli.extract import extract
 from osp.cli.generate import generate
 from osp.cli.reconstruct import reconstruct
 from osp.cli.samples import samples
@@ -38,6 +39,7 @@ def cli() -> None:
     """osp: train, compile and serve Open-Sora-Plan-class video generators."""
 
 
+cli.add_command(extract)
 cli.add_command(generate)
 cli.add_command(reconstruct)
 cli.add_command(vae)

@@ -87,6 +87,9 @@ class TrainConfig(Config):
         None, description="dit: the frozen causal VAE (osp weights folder or a v1.0 release)"
     )
     vae_sample: bool = Field(True, description="sample the posterior (True) or take its mode")
+    # dit: a folder from ``osp extract`` (osp_train.extract); the run trains on its stored latents and
+    # text states, with no VAE or text encoder in the loop. ``data`` is then not read.
+    features: Path | None = None
     vae_loss: VAELossConfig = VAELossConfig()
     data: DataConfig
     num_workers: int = Field(0, ge=0)
@@ -109,8 +112,12 @@ class TrainConfig(Config):
             raise ValueError("cpu_offload needs zero_stage 1 or 2")
         if self.data.use_image_num:
             raise ValueError("data.use_image_num: joint image-video training is not in the trainer yet")
-        if self.task == "dit" and self.vae is None:
-            raise ValueError("vae: task dit needs the frozen VAE that makes its latents")
+        if self.task == "dit" and self.vae is None and self.features is None:
+            raise ValueError("vae: task dit needs the frozen VAE that makes its latents (or features)")
+        if self.features is not None and self.task != "dit":
+            raise ValueError(f"features: only task dit trains from features (this is task {self.task})")
+        if self.features is not None and self.vae_sample and "vae_sample" in self.model_fields_set:
+            raise ValueError("vae_sample: features hold the posterior mode; set vae_sample: false")
         if self.task != "dit" and self.gradient_checkpointing:
             raise ValueError("gradient_checkpointing: only the dit models support it")
         if self.task != "vae" and "vae_loss" in self.model_fields_set:

@@ -1,5 +1,5 @@
-"""The training loop: a task step (dit: pixels → frozen VAE latents → diffusion loss; vae / vqvae: see
-osp_train.vae_task) → DeepSpeed step → EMA.
+"""The training loop: a task step (dit: pixels → frozen VAE latents → diffusion loss, or stored latents
+from ``osp extract`` with ``features``; vae / vqvae: see osp_train.vae_task) → DeepSpeed step → EMA.
 
 :func:`train` is the one function ``osp train`` calls, in every process of the run. It resumes from the
 newest complete checkpoint in ``out/checkpoints`` when there is one, so an interrupted run continues by
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from osp.diffusion import GaussianDiffusion, flow, sample_timesteps
 from osp.dit.latte import LATTE_CONFIGS, Latte
@@ -172,23 +172,59 @@ class Task:
 
 
 def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Task:
-    """Frozen VAE (+ text encoder) and the transformer; a step is encode → diffusion loss → update."""
+    """Frozen VAE (+ text encoder), or stored features, and the transformer; a step is encode →
+    diffusion loss → update."""
     model = build_model(cfg)
-    # The frozen VAE runs in bf16 only on GPU: CPU kernels such as avg_pool3d have no bf16 version.
-    vae_dtype = dtype if device.type == "cuda" else torch.float32
-    assert cfg.vae is not None  # TrainConfig requires it for task dit
-    vae = load_causal_vae(cfg.vae, dtype=vae_dtype, device=device).requires_grad_(False).eval()
-    if vae.config.embed_dim != model.config.in_channels:  # type: ignore[attr-defined]
-        raise ConfigError(
-            f"model_overrides: in_channels is {model.config.in_channels} but the VAE makes "  # type: ignore[attr-defined]
-            f"{vae.config.embed_dim}-channel latents"
-        )
-    encoder = null_text = None
-    if cfg.conditioning == "text":
-        from osp.text import load_text_encoder
+    in_channels = model.config.in_channels  # type: ignore[attr-defined]
+    encode: Callable[[dict[str, Any], torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    if cfg.features is not None:
+        # Offline features (osp extract): the stored latents / text states stand in for the encoders.
+        from osp_train.data.features import load_null_text, read_features_info
 
-        encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length, device=device)
-        null_text = encoder.null(1, device=device)
+        info = read_features_info(cfg.features)
+        if info["latent_channels"] != in_channels:
+            raise ConfigError(
+                f"model_overrides: in_channels is {in_channels} but {cfg.features} holds "
+                f"{info['latent_channels']}-channel latents"
+            )
+        if info["conditioning"] != cfg.conditioning:
+            raise ConfigError(
+                f"features: {cfg.features} was extracted for {info['conditioning']} conditioning, "
+                f"the run has conditioning: {cfg.conditioning}"
+            )
+        made_with = (info["text_encoder"], info["text_max_length"])
+        if cfg.conditioning == "text" and made_with != (cfg.text_encoder, cfg.text_max_length):
+            raise ConfigError(
+                f"features: {cfg.features} holds states of text_encoder {made_with[0]!r} "
+                f"(max length {made_with[1]}), the run asks for {cfg.text_encoder!r} ({cfg.text_max_length})"
+            )
+        stored_null = load_null_text(cfg.features, device) if cfg.conditioning == "text" else None
+
+        def encode(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x0 = batch["latents"].to(device).float()
+            return x0, _condition(cfg, batch, None, stored_null, g, device)
+
+    else:
+        # The frozen VAE runs in bf16 only on GPU: CPU kernels such as avg_pool3d have no bf16 version.
+        vae_dtype = dtype if device.type == "cuda" else torch.float32
+        assert cfg.vae is not None  # TrainConfig requires it for task dit without features
+        vae = load_causal_vae(cfg.vae, dtype=vae_dtype, device=device).requires_grad_(False).eval()
+        if vae.config.embed_dim != in_channels:
+            raise ConfigError(
+                f"model_overrides: in_channels is {in_channels} but the VAE makes "
+                f"{vae.config.embed_dim}-channel latents"
+            )
+        encoder = null_text = None
+        if cfg.conditioning == "text":
+            from osp.text import load_text_encoder
+
+            encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length, device=device)
+            null_text = encoder.null(1, device=device)
+
+        def encode(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x0 = vae.encode_latents(batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g)
+            return x0.float(), _condition(cfg, batch, encoder, null_text, g, device)
+
     loss_fn = _objective(cfg, model, device)
 
     def step(engine: Any, batch: dict[str, Any], g: torch.Generator, _: int) -> dict[str, float]:
@@ -197,10 +233,7 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
             return engine(x_t.to(dtype), t, **cast).float()
 
         with torch.no_grad():
-            x0 = vae.encode_latents(
-                batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g
-            ).float()
-            cond = _condition(cfg, batch, encoder, null_text, g, device)
+            x0, cond = encode(batch, g)
         loss = loss_fn(model_fn, x0, cond, g)["loss"].mean()
         engine.backward(loss)
         engine.step()
@@ -230,13 +263,25 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
     checkpointable = task.checkpointable(engine)
 
     # 2. Data: every rank its own share of single-bucket batches, in an order fixed by (seed, epoch).
-    dataset = VideoDataset(cfg.data)
-    buckets = cfg.data.buckets or ((cfg.data.num_frames, *cfg.data.size),)
-    sampler = BucketSampler(
-        dataset, cfg.batch_size, buckets=buckets, rank=info.rank, world_size=info.world_size, seed=cfg.seed
-    )
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
-    skips = SkipCounter(cfg.data.max_skip_fraction, source=str(cfg.data.manifest))
+    dataset: Dataset[dict[str, Any]]
+    sampler: BucketSampler
+    if cfg.features is not None:
+        from osp_train.data.features import FeatureDataset, FeatureSampler, collate_features
+
+        dataset = features = FeatureDataset(cfg.features)
+        sampler = FeatureSampler(
+            features, cfg.batch_size, rank=info.rank, world_size=info.world_size, seed=cfg.seed
+        )
+        collate_fn: Callable[[Any], dict[str, Any]] = collate_features
+    else:
+        dataset = videos = VideoDataset(cfg.data)
+        buckets = cfg.data.buckets or ((cfg.data.num_frames, *cfg.data.size),)
+        sampler = BucketSampler(
+            videos, cfg.batch_size, buckets=buckets, rank=info.rank, world_size=info.world_size, seed=cfg.seed
+        )
+        collate_fn = collate
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers)
+    skips = SkipCounter(cfg.data.max_skip_fraction, source=str(cfg.features or cfg.data.manifest))
 
     # 3. Resume from the newest complete checkpoint, if any.
     state = TrainerState(world_size=info.world_size)
@@ -352,8 +397,11 @@ def _condition(
         return {"class_labels": batch["label"].to(device)}
     if "caption" not in batch:
         raise ConfigError(f"data.manifest: conditioning is text but {cfg.data.manifest} has class labels")
-    text = encoder.encode(batch["caption"], device=device)
-    states, mask = text.states, text.mask
+    if "text_states" in batch:  # offline features
+        states, mask = batch["text_states"].to(device), batch["text_mask"].to(device)
+    else:
+        text = encoder.encode(batch["caption"], device=device)
+        states, mask = text.states, text.mask
     if cfg.cond_dropout:
         drop = torch.rand(states.shape[0], generator=g, device=device) < cfg.cond_dropout
         states = torch.where(drop[:, None, None], null_text.states.expand_as(states), states)
