@@ -104,6 +104,17 @@ class TrainConfig(Config):
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)
+    log_tensorboard: bool = Field(
+        True, description="rank 0 also writes every logged metric to out/tensorboard"
+    )
+    # Every ``sample_every`` steps (0 = never) rank 0 writes out/samples/step-XXXXXXX.{mp4,png} from the EMA
+    # model: dit samples ``sample_prompts`` (text) or ``sample_labels`` (class; default the first four
+    # classes) through the run's VAE; vae / vqvae reconstruct the first batch the process trained on.
+    sample_every: int = Field(0, ge=0)
+    sample_prompts: list[str] = Field(default_factory=list)
+    sample_labels: list[int] = Field(default_factory=list)
+    sample_steps: int = Field(10, ge=1)
+    sample_guidance: float = Field(4.5, ge=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -120,6 +131,15 @@ class TrainConfig(Config):
             raise ValueError("vae_sample: features hold the posterior mode; set vae_sample: false")
         if self.task != "dit" and self.gradient_checkpointing:
             raise ValueError("gradient_checkpointing: only the dit models support it")
+        if self.sample_every and self.task == "dit" and self.vae is None:
+            raise ValueError("vae: sample_every needs the VAE that decodes the samples (features hold none)")
+        if (
+            self.sample_every
+            and self.task == "dit"
+            and self.conditioning == "text"
+            and not self.sample_prompts
+        ):
+            raise ValueError("sample_prompts: sample_every with text conditioning needs at least one prompt")
         if self.task != "vae" and "vae_loss" in self.model_fields_set:
             raise ValueError(f"vae_loss: only task vae reads it (this is task {self.task})")
         return self

@@ -27,7 +27,7 @@ from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
 from osp.errors import ConfigError
 from osp.io.weights import CONFIG_NAME, WEIGHTS_NAME, Pretrained, load_safetensors, read_config_json
 from osp.progress import ProgressDisplay
-from osp.vae import load_causal_vae
+from osp.vae import CausalVideoVAE, load_causal_vae
 from osp_train.checkpoint import (
     TrainerState,
     clean_partial,
@@ -39,6 +39,8 @@ from osp_train.config import TrainConfig
 from osp_train.data import BucketSampler, SkipCounter, VideoDataset, collate, derive_seed
 from osp_train.ema import EMA
 from osp_train.engine import DistInfo, build_engine, init_distributed
+from osp_train.logging import TensorBoardLog
+from osp_train.samples import Sampler, dit_sampler, reconstruction_sampler, write_samples
 
 MODEL_CLASSES: dict[str, type[Pretrained]] = {"Latte": Latte, "LatteT2V": LatteT2V}
 
@@ -169,6 +171,8 @@ class Task:
     # What save_checkpoint / load_checkpoint drive: the engine itself, or a wrapper that adds state
     # living outside it (the VAE's discriminator).
     checkpointable: Callable[[Any], Any] = lambda engine: engine
+    # sample(ema_model, first_batch) -> (uint8 clips, labels) for ``sample_every`` (osp_train.samples).
+    sample: Sampler | None = None
 
 
 def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Task:
@@ -177,6 +181,7 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
     model = build_model(cfg)
     in_channels = model.config.in_channels  # type: ignore[attr-defined]
     encode: Callable[[dict[str, Any], torch.Generator], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    held: tuple[CausalVideoVAE | None, Any] = (None, None)  # the frozen VAE and text encoder, if loaded
     if cfg.features is not None:
         # Offline features (osp extract): the stored latents / text states stand in for the encoders.
         from osp_train.data.features import load_null_text, read_features_info
@@ -220,6 +225,7 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
 
             encoder = load_text_encoder(cfg.text_encoder, max_length=cfg.text_max_length, device=device)
             null_text = encoder.null(1, device=device)
+        held = (vae, encoder)
 
         def encode(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
             x0 = vae.encode_latents(batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g)
@@ -239,7 +245,8 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
         engine.step()
         return {"loss": loss.item()}
 
-    return Task(model, step)
+    sampler = dit_sampler(cfg, device, *held) if cfg.sample_every else None
+    return Task(model, step, sample=sampler)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = None) -> TrainSummary:
@@ -257,6 +264,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         from osp_train.vae_task import autoencoder_task
 
         task = autoencoder_task(cfg, info, dtype)
+        if cfg.sample_every:
+            task = replace(task, sample=reconstruction_sampler(cfg))
     model = task.model
     ema = EMA(model, cfg.ema_decay) if main else None  # before DeepSpeed casts the module to bf16
     engine = build_engine(cfg, model, info.world_size)
@@ -299,6 +308,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         _truncate_metrics(metrics_path, state.step)
         if resumed_from:
             console.print(f"resuming from {found[-1]} (step {resumed_from})")
+    board = (
+        TensorBoardLog(cfg.out / "tensorboard", state.step, console) if main and cfg.log_tensorboard else None
+    )
 
     def totals() -> tuple[int, int]:  # collective
         requests, skipped = _all_sum([skips.requests, skips.skipped], device)
@@ -308,6 +320,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
     step, epoch, batch_in_epoch = state.step, state.epoch, state.batch
     window: dict[str, list[float]] = {}  # metric -> [sum, count] since the last log line
     window_start, last_loss = time.perf_counter(), None
+    first_batch: dict[str, Any] | None = None  # what vae / vqvae samples reconstruct
     stream = _batches(loader, sampler, epoch, batch_in_epoch)
     with (
         ProgressDisplay(enabled=progress and main, console=console) as display,
@@ -317,6 +330,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         while step < cfg.steps:
             epoch, batch_in_epoch, batch = next(stream)
             skips.update(batch)
+            first_batch = first_batch or batch
             # Every draw of this step comes from (seed, rank, step): the step counter is the RNG state.
             g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, info.rank, step))
             # Model-internal draws (label dropout, codebook restarts) use the global generator.
@@ -327,6 +341,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
             step += 1
             if ema is not None:
                 ema.update(engine.module)
+            if ema is not None and task.sample and cfg.sample_every and step % cfg.sample_every == 0:
+                assert first_batch is not None
+                write_samples(cfg.out / "samples", step, ema.model, first_batch, task.sample)
             update(step, cfg.steps)
 
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -350,6 +367,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
                     }
                     with metrics_path.open("a") as fh:
                         fh.write(json.dumps(record) + "\n")
+                    if board is not None:
+                        board.write(record)
                     extra = "".join(f"  {k} {v:.4g}" for k, v in means.items() if k != "loss")
                     console.print(
                         f"step {step}/{cfg.steps}  loss {last_loss:.4f}{extra}  lr {record['lr']:.2e}  "
@@ -365,6 +384,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
                 save_checkpoint(
                     cfg.checkpoints, checkpointable, ema, saved, rank=info.rank, keep_last=cfg.keep_last
                 )
+
+    if board is not None:
+        board.close()
 
     # 5. Final weights beside the checkpoints, and a check that ZeRO left every rank the same model.
     requests, skipped = totals()
