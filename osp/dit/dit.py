@@ -26,6 +26,7 @@ from osp.io.weights import Pretrained
 from osp.layers.dit_blocks import (
     FinalLayer,
     TransformerBlock,
+    check_width,
     initialize_adaln_transformer,
     run_block,
 )
@@ -58,14 +59,7 @@ class DiTConfig(Config):
             raise ValueError(
                 f"input_size ({self.input_size}) must be a multiple of patch_size ({self.patch_size})"
             )
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_size % 4:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by 4 (2D sin-cos positions)"
-            )
+        check_width(self.hidden_size, self.num_heads)
         return self
 
     @property
@@ -269,7 +263,7 @@ def dit_from_diffusers(state_dict: Mapping[str, torch.Tensor], config: DiTConfig
         out[f"{_DIFFUSERS_EMBEDDER_RENAMES[module]}.{kind}"] = per_block[0]
 
     grid = config.input_size // config.patch_size
-    out["pos_embed"] = sincos_2d(config.hidden_size, grid, grid)[None]
+    out["pos_embed"] = sincos_2d(config.hidden_size, grid, grid)[None].clone()  # the table is shared
     return out
 
 

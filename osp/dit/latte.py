@@ -23,7 +23,13 @@ from torch import nn
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.weights import Pretrained
-from osp.layers.dit_blocks import FinalLayer, TransformerBlock, initialize_adaln_transformer, run_block
+from osp.layers.dit_blocks import (
+    FinalLayer,
+    TransformerBlock,
+    check_width,
+    initialize_adaln_transformer,
+    run_block,
+)
 from osp.layers.embeddings import (
     LabelEmbedder,
     PatchEmbed,
@@ -59,14 +65,7 @@ class LatteConfig(Config):
             )
         if self.depth % 2:
             raise ValueError(f"depth ({self.depth}) must be even: blocks alternate spatial and temporal")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
-            )
-        if self.hidden_size % 4:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by 4 (2D sin-cos positions)"
-            )
+        check_width(self.hidden_size, self.num_heads)
         return self
 
     @property

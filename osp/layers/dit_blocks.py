@@ -160,3 +160,11 @@ def run_block(block: nn.Module, checkpointing: bool, *args: Any) -> torch.Tensor
     if checkpointing and block.training and torch.is_grad_enabled():
         return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
+
+
+def check_width(hidden_size: int, num_heads: int) -> None:
+    """The width rules of DiT-style configs; a ValueError names the offending values."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
+    if hidden_size % 4:
+        raise ValueError(f"hidden_size ({hidden_size}) must be divisible by 4 (2D sin-cos positions)")

@@ -6,6 +6,7 @@ Module and parameter names follow the checkpoints they must load: DiT/Latte (``m
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import cast
 
@@ -107,6 +108,7 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
+@functools.lru_cache(maxsize=16)
 def sincos_2d(
     dim: int, height: int, width: int, base_size: int | None = None, interpolation_scale: float = 1.0
 ) -> torch.Tensor:
@@ -115,6 +117,9 @@ def sincos_2d(
     Positions are ``i / (n / base_size) / interpolation_scale`` (PixArt / diffusers): with ``base_size``
     None they are plain indices (DiT / Latte). A grid larger than the training grid thus maps onto the
     trained position range (positional interpolation).
+
+    Tables are cached (a transformer asks for the same grid at every sampling step): the returned
+    tensor is shared, so callers must not modify it in place.
     """
     rows = torch.arange(height, dtype=torch.float64)
     cols = torch.arange(width, dtype=torch.float64)
