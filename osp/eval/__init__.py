@@ -1,0 +1,1 @@
+"""osp.eval: evaluations of generated videos."""

@@ -1,0 +1,1 @@
+"""osp.synth: the synthetic moving-shapes domain (rendering, captions, held-out combinations)."""
