@@ -9,7 +9,9 @@ models never branch on hardware.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.util
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +32,7 @@ class Backend:
 
 
 _BACKENDS: dict[str, Backend] = {}
+_FORCED: list[str] = []  # a stack: forced_backend blocks nest
 
 
 def register_backend(name: str, fn: AttentionFn, supports: SupportsFn, priority: int = 0) -> None:
@@ -39,6 +42,22 @@ def register_backend(name: str, fn: AttentionFn, supports: SupportsFn, priority:
 
 def available_backends() -> list[str]:
     return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+
+
+@contextmanager
+def forced_backend(name: str | None) -> Iterator[None]:
+    """Within the block, every :func:`attention` call without ``backend=`` runs backend ``name``.
+
+    Exporters trace with ``forced_backend("osp")`` so the graph holds osp's single attention op whatever
+    the tracing device. ``None`` restores automatic selection inside an enclosing forced block.
+    """
+    if name is not None and name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(available_backends())}")
+    _FORCED.append(name or "")
+    try:
+        yield
+    finally:
+        _FORCED.pop()
 
 
 def select_backend(
@@ -73,6 +92,8 @@ def attention(
     if mask is not None and mask.dim() == 2:
         mask = mask[:, None, None, :]  # (B, Lk) key padding -> (B, 1, 1, Lk)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if backend is None and _FORCED and _FORCED[-1]:
+        backend = _FORCED[-1]
     if backend is not None:
         if backend not in _BACKENDS:
             raise ValueError(
@@ -120,3 +141,51 @@ def _register_flash_attn() -> None:
 
 
 _register_flash_attn()
+
+
+def _key_padding(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A (B, 1, 1, Lk) or (B, Lk) boolean mask as the kernel's (B, Lk); anything else raises ValueError."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool:
+        raise ValueError("the osp attention backend takes boolean key-padding masks only")
+    if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1:
+        mask = mask[:, 0, 0, :]
+    if mask.dim() != 2 or mask.shape[-1] != k.shape[2]:
+        raise ValueError(
+            f"the osp attention backend takes a (B, Lk) key-padding mask, got {tuple(mask.shape)}"
+        )
+    return mask.expand(q.shape[0], k.shape[2])
+
+
+def _register_osp() -> None:
+    """osp's Triton kernels (``osp.kernels``, imported on first use): auto-selected on CUDA when triton is
+    installed; forced by name they run anywhere (off CUDA the op runs its plain-torch reference)."""
+    if importlib.util.find_spec("osp.kernels") is None:
+        return
+    kernels_ok = importlib.util.find_spec("triton") is not None
+
+    def run(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
+        from osp.kernels import attention as osp_attention
+
+        return osp_attention(q, k, v, _key_padding(q, k, mask), scale)
+
+    def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        if not (kernels_ok and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+            return False
+        if q.dtype != k.dtype or q.dtype != v.dtype or q.shape[-1] > 256 or v.shape[-1] != q.shape[-1]:
+            return False
+        if mask is not None:
+            key_padding = mask.dtype == torch.bool and (
+                mask.dim() == 2 or (mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1)
+            )
+            if not key_padding or mask.shape[-1] != k.shape[2] or mask.shape[0] not in (1, q.shape[0]):
+                return False
+        return True
+
+    register_backend("osp", run, supports, priority=5)
+
+
+_register_osp()

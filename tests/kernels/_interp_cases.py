@@ -1,0 +1,104 @@
+"""Run osp's Triton kernels in Triton's CPU interpreter and print their errors against plain torch as JSON.
+
+Started by test_kernel_triton.py in a fresh process with TRITON_INTERPRET=1: Triton reads the variable
+when a kernel is decorated, so it must be set before osp.kernels is imported, and must not leak into the
+rest of the test session.
+"""
+
+import json
+import math
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from osp.kernels import triton_attention, triton_modulate_norm
+
+# name: (batch, heads, Lq, Lk, head dim, mask kind)
+ATTENTION_CASES = {
+    "spatial-d64": (1, 2, 128, 128, 64, None),
+    "spatial-d72-mask": (1, 2, 96, 96, 72, "random"),
+    "spatial-d32-mask": (2, 1, 64, 64, 32, "random"),
+    "temporal-5-d32": (6, 2, 5, 5, 32, None),
+    "temporal-17-d72-one-key": (4, 2, 17, 17, 72, "one-key"),
+    "temporal-17-d64": (8, 1, 17, 17, 64, None),
+    "cross-40x70-d32-mask": (2, 2, 40, 70, 32, "random"),
+}
+# name: (x shape, shift/scale shape)
+MODNORM_CASES = {
+    "per-sample-4d": ((2, 3, 16, 72), (2, 1, 1, 72)),
+    "per-row": ((2, 17, 48), (2, 17, 48)),
+    "per-sample-odd-width": ((3, 5, 33), (3, 1, 33)),
+}
+
+
+def reference_attention(q, k, v, mask, scale):
+    s = q @ k.transpose(-1, -2) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask[:, None, None, :], -math.inf)
+    return torch.softmax(s, -1) @ v
+
+
+def make_mask(kind, batch, lk, gen):
+    if kind is None:
+        return None
+    mask = torch.rand(batch, lk, generator=gen) > 0.3
+    mask[:, 0] = True
+    if kind == "one-key":
+        mask[0] = False  # the first sample attends to exactly one key
+        mask[0, lk // 2] = True
+    return mask
+
+
+def max_err(a, b):
+    return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
+
+
+def attention_case(batch, heads, lq, lk, d, kind, gen):
+    q, k, v = (torch.randn(batch, heads, n, d, generator=gen, requires_grad=True) for n in (lq, lk, lk))
+    mask = make_mask(kind, batch, lk, gen)
+    grad = torch.randn(batch, heads, lq, d, generator=gen)
+    out = triton_attention(q, k, v, mask)
+    got = [out, *torch.autograd.grad(out, (q, k, v), grad)]
+    ref = reference_attention(q, k, v, mask, d**-0.5)
+    want = [ref, *torch.autograd.grad(ref, (q, k, v), grad)]
+    return {name: max_err(a, b) for name, a, b in zip(("out", "dq", "dk", "dv"), got, want, strict=True)}
+
+
+def fully_masked_case(gen):
+    q, k, v = (torch.randn(2, 1, 16, 32, generator=gen, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1] = False
+    out = triton_attention(q, k, v, mask)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    return {
+        "masked_out_abs": out[1].abs().max().item(),
+        "grads_finite": all(bool(g.isfinite().all()) for g in grads),
+        "masked_grad_abs": max(g[1].abs().max().item() for g in grads),
+        "other_out_err": max_err(out[0], reference_attention(q, k, v, mask, 32**-0.5)[0]),
+    }
+
+
+def modnorm_case(x_shape, mod_shape, gen):
+    x = torch.randn(*x_shape, generator=gen, requires_grad=True)
+    shift, scale = (torch.randn(*mod_shape, generator=gen, requires_grad=True) for _ in range(2))
+    grad = torch.randn(*x_shape, generator=gen)
+    out = triton_modulate_norm(x, shift, scale, 1e-6)
+    got = [out, *torch.autograd.grad(out, (x, shift, scale), grad)]
+    ref = F.layer_norm(x, (x_shape[-1],), eps=1e-6) * (1 + scale) + shift
+    want = [ref, *torch.autograd.grad(ref, (x, shift, scale), grad)]
+    return {
+        name: max_err(a, b) for name, a, b in zip(("out", "dx", "dshift", "dscale"), got, want, strict=True)
+    }
+
+
+def main():
+    gen = torch.Generator().manual_seed(0)
+    results = {f"attention/{name}": attention_case(*case, gen) for name, case in ATTENTION_CASES.items()}
+    results["attention/fully-masked"] = fully_masked_case(gen)
+    results |= {f"modulate_norm/{name}": modnorm_case(*case, gen) for name, case in MODNORM_CASES.items()}
+    json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
