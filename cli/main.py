@@ -13,6 +13,8 @@ import click
 
 from osp import __version__
 from osp.cli.common import UserError, err_console
+from osp.cli.data import data
+from osp.cli.eval import eval_group
 from osp.cli.extract import extract
 from osp.cli.generate import generate
 from osp.cli.reconstruct import reconstruct
@@ -39,6 +41,8 @@ def cli() -> None:
     """osp: train, compile and serve Open-Sora-Plan-class video generators."""
 
 
+cli.add_command(data)
+cli.add_command(eval_group)
 cli.add_command(extract)
 cli.add_command(generate)
 cli.add_command(reconstruct)

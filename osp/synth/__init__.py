@@ -1,1 +1,1 @@
-"""osp.synth: the synthetic moving-shapes domain (rendering, captions, held-out combinations)."""
+"""osp.synth: training data osp makes itself: the moving-shapes domain and clips cut from real videos."""
