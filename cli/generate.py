@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,10 +29,16 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
 )
 @click.option(
     "--engine",
-    type=click.Choice(["torch"]),
+    type=click.Choice(["torch", "compile", "onnx", "trt"]),
     default="torch",
     show_default=True,
-    help="Which runtime evaluates the denoiser.",
+    help="Which runtime evaluates the denoiser (and VAE decoder): eager, torch.compile, ONNX Runtime, TensorRT.",
+)
+@click.option(
+    "--engine-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="onnx / trt engines: the folder osp export wrote for this model.",
 )
 @click.option(
     "--frames", type=click.IntRange(min=1), default=None, help="Frames (4n+1); default from the model."
@@ -61,6 +68,7 @@ def generate(
     model_dir: Path,
     out: Path,
     engine: str,
+    engine_dir: Path | None,
     frames: int | None,
     size: tuple[int, int] | None,
     steps: int | None,
@@ -82,12 +90,15 @@ def generate(
 
     if out.suffix.lower() != ".mp4":
         raise ConfigError(f"out: {out} must end in .mp4")
+    if engine in ("onnx", "trt") and engine_dir is None:
+        raise ConfigError(f"--engine-dir: --engine {engine} runs an exported folder; give --engine-dir DIR")
     cfg = GenerateConfig.from_dict(
         dict(
             prompts=list(prompts),
             model=model_dir,
             out=out,
             engine=engine,
+            engine_dir=engine_dir,
             frames=frames,
             size=size,
             steps=steps,
@@ -103,7 +114,19 @@ def generate(
         ),
         source="options",
     )
+    factory = None if engine == "torch" else _engine_factory
     with ProgressDisplay(enabled=not quiet) as progress:
-        written = run_generate(cfg, progress)
+        written = run_generate(cfg, progress, engine=factory)
     for path in written:
         console.print(f"wrote {path}")
+
+
+def _engine_factory(pipe: Any, cfg: Any) -> Any:
+    """Build the chosen engine for the loaded pipeline; it checks the export folder before sampling."""
+    from osp.export.runtime import make_engine
+
+    count = len(cfg.prompts) or len(cfg.class_labels)
+    return make_engine(
+        cfg.engine, pipe, engine_dir=cfg.engine_dir, model_dir=cfg.model, batch=2 * count,
+        frames=cfg.frames, size=cfg.size,
+    )  # fmt: skip

@@ -2,7 +2,6 @@
 
 Commands are thin: they turn options into a config and call one function. Any :class:`OspError`
 (bad config, bad file, bad shape) is printed as one line and exits with status 2, never a traceback.
-Command modules import torch and the models inside their functions, so ``osp --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from osp import __version__
 from osp.cli.common import UserError, err_console
 from osp.cli.data import data
 from osp.cli.eval import eval_group
+from osp.cli.export import export
 from osp.cli.extract import extract
 from osp.cli.generate import generate
 from osp.cli.reconstruct import reconstruct
@@ -43,6 +43,7 @@ def cli() -> None:
 
 cli.add_command(data)
 cli.add_command(eval_group)
+cli.add_command(export)
 cli.add_command(extract)
 cli.add_command(generate)
 cli.add_command(reconstruct)

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydantic import Field
 
 from osp.config import Config
+from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.io.video import write_contact_sheet, write_gif, write_video
 from osp.pipelines.reconstruct import DTYPES
-from osp.pipelines.text_to_video import ClassToVideo, TextToVideo, load_pipeline
+from osp.pipelines.text_to_video import ClassToVideo, Decoder, TextToVideo, VideoPipeline, load_pipeline
 from osp.progress import ProgressDisplay
+
+
+class Engine(Protocol):
+    """What a runtime engine gives the pipeline (eager, compiled, ONNX Runtime, TensorRT alike)."""
+
+    def denoiser(self) -> Denoiser: ...
+
+    def decoder(self) -> Decoder | None: ...
+
+
+EngineFactory = Callable[[VideoPipeline, "GenerateConfig"], Engine]
+"""Builds the engine for a loaded pipeline; the CLI passes one (osp.pipelines knows no engines)."""
 
 
 class GenerateConfig(Config):
@@ -20,7 +34,8 @@ class GenerateConfig(Config):
     class_labels: list[int] = Field(default_factory=list)
     model: Path
     out: Path = Path("out.mp4")
-    engine: Literal["torch"] = "torch"
+    engine: Literal["torch", "compile", "onnx", "trt"] = "torch"
+    engine_dir: Path | None = None
     frames: int | None = Field(None, gt=0)
     size: tuple[int, int] | None = None
     steps: int | None = Field(None, gt=0)
@@ -40,22 +55,28 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
-def run_generate(cfg: GenerateConfig, progress: ProgressDisplay | None = None) -> list[Path]:
+def run_generate(
+    cfg: GenerateConfig, progress: ProgressDisplay | None = None, engine: EngineFactory | None = None
+) -> list[Path]:
+    """Generate and write the videos; ``engine`` (if given) supplies the denoiser and decoder."""
+    if cfg.engine != "torch" and engine is None:
+        raise ConfigError(f"engine: {cfg.engine!r} needs an engine factory (osp generate builds one)")
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype])
+    text = isinstance(pipe, TextToVideo)
+    if text and (not cfg.prompts or cfg.class_labels):
+        raise ConfigError(
+            "prompts: this is a text-to-video model: give one or more prompts (no --class-label)"
+        )
+    if not text and (not cfg.class_labels or cfg.prompts):
+        raise ConfigError("class_labels: this is a class-conditional model: give --class-label N (no prompt)")
+    built = None if engine is None else engine(pipe, cfg)
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
-                  seed=cfg.seed, progress=progress)  # fmt: skip
+                  seed=cfg.seed, progress=progress, denoiser=None if built is None else built.denoiser(),
+                  decoder=None if built is None else built.decoder())  # fmt: skip
     if isinstance(pipe, TextToVideo):
-        if not cfg.prompts or cfg.class_labels:
-            raise ConfigError(
-                "prompts: this is a text-to-video model: give one or more prompts (no --class-label)"
-            )
         result = pipe.generate(cfg.prompts, negative_prompt=cfg.negative_prompt, **common)  # type: ignore[arg-type]
     else:
         assert isinstance(pipe, ClassToVideo)
-        if not cfg.class_labels or cfg.prompts:
-            raise ConfigError(
-                "class_labels: this is a class-conditional model: give --class-label N (no prompt)"
-            )
         result = pipe.generate(cfg.class_labels, **common)  # type: ignore[arg-type]
     written: list[Path] = []
     for path, video in zip(output_paths(cfg.out, len(result.videos)), result.videos, strict=True):

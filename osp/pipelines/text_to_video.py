@@ -6,13 +6,13 @@
 A pipeline folder holds ``pipeline.json`` (a :class:`PipelineSpec`), ``transformer/`` and ``vae/``.
 Sampling goes through one *denoiser callable* ``denoiser(x_t, t, cond) -> output``: the eager model
 by default, or any engine (compiled, ONNX Runtime, TensorRT) passed as ``denoiser=``; this module never
-knows which.
+knows which. Likewise ``decoder=`` replaces the VAE decode (scaled latents -> video) with an engine's.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -32,6 +32,9 @@ from osp.text import TextEmbeddings, TextEncoder, load_text_encoder
 from osp.vae import CausalVideoVAE, TilingConfig, load_causal_vae
 
 PIPELINE_NAME = "pipeline.json"
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+"""``decoder(latents) -> video``: scaled latents (B, C, t, h, w) -> (B, 3, T, H, W) in about [-1, 1]."""
 
 
 class PipelineSpec(Config):
@@ -150,6 +153,7 @@ class VideoPipeline:
         denoiser: Denoiser | None,
         progress: ProgressDisplay,
         tiling: TilingConfig | None,
+        decoder: Decoder | None = None,
     ) -> Generated:
         # 3. Sample latents through the one denoiser interface (classifier-free guidance batched).
         learned_sigma = bool(getattr(self.transformer.config, "learned_sigma", False))
@@ -166,9 +170,15 @@ class VideoPipeline:
                 generator=torch.Generator().manual_seed(seed),
                 progress=update,
             )
-        # 4. Decode latents to frames, tile by tile when the clip is large.
+        # 4. Decode latents to frames, tile by tile when the clip is large (an engine's decoder takes
+        #    the whole clip: it was exported for the shapes it accepts).
         with torch.inference_mode(), progress.step("decode") as update:
-            pixels = self.vae.decode_latents(latents.to(next(self.vae.parameters()).dtype), tiling, update)
+            if decoder is not None:
+                pixels = decoder(latents)
+            else:
+                pixels = self.vae.decode_latents(
+                    latents.to(next(self.vae.parameters()).dtype), tiling, update
+                )
         videos = [from_model(clip.float().cpu()) for clip in pixels]
         return Generated(videos=videos, latents=latents, fps=self.spec.fps)
 
@@ -201,6 +211,7 @@ class TextToVideo(VideoPipeline):
         denoiser: Denoiser | None = None,
         progress: ProgressDisplay | None = None,
         tiling: TilingConfig | Literal["auto"] | None = "auto",
+        decoder: Decoder | None = None,
     ) -> Generated:
         if isinstance(prompts, str) or not prompts:
             raise ConfigError("prompts: give a list of one or more prompts")
@@ -221,7 +232,7 @@ class TextToVideo(VideoPipeline):
             _text_cond(cond, self.dtype),
             _text_cond(uncond, self.dtype),
             sampler=sampler, steps=steps, guidance=guidance, seed=seed, denoiser=denoiser, progress=progress,
-            tiling=tiles,
+            tiling=tiles, decoder=decoder,
         )  # fmt: skip
 
     # ---- folders ----
@@ -253,6 +264,7 @@ class ClassToVideo(VideoPipeline):
         denoiser: Denoiser | None = None,
         progress: ProgressDisplay | None = None,
         tiling: TilingConfig | Literal["auto"] | None = "auto",
+        decoder: Decoder | None = None,
     ) -> Generated:
         num_classes = cast(LatteConfig, self.transformer.config).num_classes
         bad = [label for label in labels if not 0 <= label < num_classes]
@@ -265,7 +277,7 @@ class ClassToVideo(VideoPipeline):
         return self.run(
             self.noise(len(labels), frames, size, seed), cond, uncond,
             sampler=sampler, steps=steps, guidance=guidance, seed=seed, denoiser=denoiser,
-            progress=progress or silent(), tiling=tiles,
+            progress=progress or silent(), tiling=tiles, decoder=decoder,
         )  # fmt: skip
 
     @classmethod

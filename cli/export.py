@@ -1,0 +1,111 @@
+"""``osp export``: a model folder to ONNX files, TensorRT engines, or a torch.compile check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from osp.cli.common import SIZE, console
+
+
+@click.command()
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="osp model folder (pipeline.json + transformer/ + vae/).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["onnx", "tensorrt", "compile"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: files for ONNX Runtime / TensorRT; tensorrt: engines (needs tensorrt + CUDA); "
+    "compile: compile the transformer blocks and check them against eager.",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Export folder (onnx, tensorrt).")
+@click.option(
+    "--frames",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frames (4n+1) to trace at; default from the model.",
+)
+@click.option("--size", type=SIZE, default=None, help="S or HxW to trace at; default from the model.")
+@click.option(
+    "--flavour",
+    type=click.Choice(["ort", "trt"]),
+    default=None,
+    help="Attention node: ort = stock ONNX (default for onnx), trt = osp::attention plugin (default for tensorrt).",
+)
+@click.option(
+    "--opset", type=int, default=None, help="ONNX opset, 18..25 (default 23; 18 for tensorrt + ort)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "bf16"]),
+    default=None,
+    help="tensorrt: engine precision (default fp16); onnx files are fp32.",
+)
+@click.option(
+    "--components",
+    default=None,
+    help="Comma-separated: transformer, vae_decoder, vae_encoder, text_encoder "
+    "(default transformer,vae_decoder,vae_encoder; tensorrt: transformer,vae_decoder).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["default", "max-autotune"]),
+    default="default",
+    show_default=True,
+    help="compile: torch.compile mode.",
+)
+@click.option("--dynamic/--static", default=False, show_default=True, help="compile: symbolic shapes.")
+def export(
+    model_dir: Path,
+    target: str,
+    out: Path | None,
+    frames: int | None,
+    size: tuple[int, int] | None,
+    flavour: str | None,
+    opset: int | None,
+    precision: str | None,
+    components: str | None,
+    mode: str,
+    dynamic: bool,
+) -> None:
+    """Export the --model folder for another runtime; every export ends with a parity check."""
+    from osp.errors import ConfigError
+    from osp.pipelines.text_to_video import read_spec
+
+    read_spec(model_dir)  # a missing or foreign folder fails here, before any heavy import
+    names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
+    if target == "compile":
+        from osp.export.compile import check_compiled
+
+        report = check_compiled(model_dir, frames=frames, size=size, mode=mode, dynamic=dynamic)
+        console.print(report)
+        return
+    if out is None:
+        raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
+    if target == "onnx":
+        if precision not in (None, "fp32"):
+            raise ConfigError(
+                "--precision: ONNX files are exported in fp32 (TensorRT picks fp16/bf16 itself)"
+            )
+        from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
+
+        export_onnx(
+            model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
+            components=names or DEFAULT_COMPONENTS, report=console.print,
+        )  # fmt: skip
+    else:
+        from osp.export.tensorrt import export_tensorrt, require_tensorrt
+
+        require_tensorrt()
+        export_tensorrt(
+            model_dir, out, frames=frames, size=size, flavour=flavour or "trt", precision=precision or "fp16",
+            opset=opset, components=names or ("transformer", "vae_decoder"), report=console.print,
+        )  # fmt: skip
+    console.print(f"wrote {out}")

@@ -1,0 +1,288 @@
+"""ONNX export of osp's components with the dynamo exporter, each file checked against eager PyTorch.
+
+Two flavours, both with attention as one node:
+
+* ``ort``: stock operators only. From opset 23 attention is the native ``Attention`` op (ONNX Runtime
+  runs it on CPU in fp32 / fp16); below 23 the exporter spells it out as MatMul / Softmax.
+* ``trt``: attention is the ``osp::attention`` custom node that TensorRT maps to osp's Triton plugin.
+  No stock runtime executes it, so these files are checked when TensorRT builds them.
+
+Every export ends with a parity check: the exported file runs at a shape different from the traced
+one on every dynamic axis, and its output must match eager PyTorch within the component's tolerance,
+else the export fails with an :class:`ExportError` naming the component and nothing is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from osp import __version__
+from osp.errors import ConfigError
+from osp.export.manifest import (
+    AxisEntry,
+    ComponentEntry,
+    ExportError,
+    Manifest,
+    TensorEntry,
+    VerifyEntry,
+    staged_folder,
+    weights_hash,
+    write_manifest,
+)
+from osp.export.specs import (
+    ComponentSpec,
+    text_encoder_spec,
+    transformer_spec,
+    vae_decoder_spec,
+    vae_encoder_spec,
+)
+from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, load_pipeline
+
+Flavour = Literal["ort", "trt"]
+COMPONENTS = ("transformer", "vae_decoder", "vae_encoder", "text_encoder")
+DEFAULT_COMPONENTS = ("transformer", "vae_decoder", "vae_encoder")
+OPSETS = range(18, 26)  # measured: 18..25 export and run; 26 breaks the exporter
+EXTERNAL_DATA_BYTES = 1 << 30  # protobuf files stop at 2 GiB; larger weights go to a side file
+ATTENTION_OPS = {"Attention", "MultiHeadAttention", "attention", "attention_masked"}
+
+
+# ----------------------------------------------------------------------------- attention translation
+
+
+def _ort_attention(
+    query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: float | None = None, enable_gqa: bool = False,
+) -> Any:  # fmt: skip
+    """SDPA -> one opset-23 ``Attention`` node. ONNX Runtime's CPU kernel refuses a mask that
+    broadcasts over the query axis (osp's key-padding masks are (B, 1, 1, Lk)), so the mask is
+    expanded to (..., Lq, Lk) first: one cheap Expand in front of the fused node."""
+    from onnxscript import opset23 as op
+
+    if attn_mask is not None:
+        target = op.Concat(
+            op.Shape(attn_mask, start=0, end=-2),
+            op.Shape(query, start=-2, end=-1),
+            op.Shape(key, start=-2, end=-1),
+            axis=0,
+        )
+        attn_mask = op.Expand(attn_mask, target)
+    y, _, _, _ = op.Attention(query, key, value, attn_mask, scale=scale, is_causal=is_causal)
+    return y
+
+
+@contextlib.contextmanager
+def _flavour(flavour: Flavour, opset: int) -> Iterator[dict[Any, Callable[..., Any]] | None]:
+    """The translation table for the exporter, with the attention routing the flavour needs."""
+    if flavour == "ort":
+        yield {torch.ops.aten.scaled_dot_product_attention.default: _ort_attention} if opset >= 23 else None
+        return
+    try:
+        from osp.kernels.onnx import translation_table
+        from osp.layers.attention import forced_backend
+    except ImportError as err:
+        raise ExportError(
+            f"flavour trt: needs osp.kernels' osp::attention op and its ONNX translation ({err}); "
+            "use --flavour ort"
+        ) from None
+    with forced_backend("osp"):  # every attention call becomes the one custom op while tracing
+        yield translation_table("trt", opset=opset)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter logs per-operator notes and warnings; an export reports its own outcome."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------ export
+
+
+def export_component(spec: ComponentSpec, folder: Path, *, flavour: Flavour = "ort", opset: int = 23,
+                     verify: bool = True) -> ComponentEntry:  # fmt: skip
+    """Write ``folder/<name>.onnx`` for one component and check it; returns its manifest entry."""
+    if opset not in OPSETS:
+        raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
+    spec.module.eval()
+    path = folder / f"{spec.name}.onnx"
+    inputs = spec.make_inputs(spec.sample)
+    nbytes = sum(p.numel() * p.element_size() for p in spec.module.parameters())
+    try:
+        with _quiet(), torch.no_grad(), _flavour(flavour, opset) as table:
+            # torch.export first, on its own: it refuses (instead of silently specialising) a model
+            # whose code pins a dynamic axis, and says which axis and why. Strict (dynamo) tracing,
+            # because it sees through the lru_cache around the sin-cos position tables.
+            exported = torch.export.export(
+                spec.module, inputs, dynamic_shapes=spec.dynamic_shapes(), strict=True
+            )
+            program = torch.onnx.export(
+                exported, inputs, dynamo=True, opset_version=opset, custom_translation_table=table,
+                input_names=[s.name for s in spec.inputs], output_names=[s.name for s in spec.outputs],
+                verbose=False,
+            )  # fmt: skip
+    except (RuntimeError, ValueError, TypeError, AssertionError, torch._dynamo.exc.UserError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ExportError(f"{spec.name}: ONNX export failed: {first}") from err
+    assert program is not None
+    _name_dims(program, spec)
+    with _quiet():
+        program.save(path, external_data=nbytes > EXTERNAL_DATA_BYTES)
+    entry = ComponentEntry(
+        file=path.name,
+        inputs=[TensorEntry(**s.as_json()) for s in spec.inputs],
+        outputs=[TensorEntry(**s.as_json()) for s in spec.outputs],
+        axes={n: AxisEntry(min=a.min, max=a.max, multiple=a.multiple, offset=a.offset) for n, a in spec.axes.items()},
+        sample=spec.sample,
+        attention_nodes=count_attention(path),
+    )  # fmt: skip
+    if verify and flavour == "ort":
+        entry = entry.replace(verify=verify_onnx(spec, path))
+    return entry
+
+
+def _name_dims(program: Any, spec: ComponentSpec) -> None:
+    """Give the graph's inputs and outputs the spec's axis names instead of the tracer's s0, s1..."""
+    import onnx_ir as ir
+
+    graph = program.model.graph
+    for value, tensor in zip(
+        list(graph.inputs) + list(graph.outputs), spec.inputs + spec.outputs, strict=True
+    ):
+        value.shape = ir.Shape(list(tensor.dims))
+
+
+def count_attention(path: Path) -> dict[str, int]:
+    """Attention nodes per op type (the fused op the flavour promises, never a decomposition)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = Counter(
+        f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node if n.op_type in ATTENTION_OPS
+    )
+    return dict(counts)
+
+
+def onnx_session(path: Path, providers: Sequence[str] | None = None) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ConfigError("engine onnx: needs onnxruntime (pip install onnxruntime)") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+    return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def verify_onnx(spec: ComponentSpec, path: Path) -> VerifyEntry:
+    """Run ``path`` in ONNX Runtime at ``spec.check`` sizes and compare with eager PyTorch."""
+    inputs = spec.make_inputs(spec.check, seed=1)
+    with torch.no_grad():
+        expected = spec.module(*inputs)
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    session = onnx_session(path)
+    got = session.run(None, {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)})
+    return compare(
+        spec.name, [e.float().numpy() for e in expected], got, spec.tolerance, spec.check, "onnxruntime"
+    )
+
+
+def compare(component: str, expected: Sequence[np.ndarray], got: Sequence[np.ndarray], tolerance: float,
+            sizes: dict[str, int], runtime: str) -> VerifyEntry:  # fmt: skip
+    """Max abs and relative error over all outputs; beyond ``tolerance`` (relative) the export fails."""
+    max_abs, scale = 0.0, 0.0
+    for e, g in zip(expected, got, strict=True):
+        if e.shape != g.shape:
+            raise ExportError(f"{component}: {runtime} output shape {g.shape} != eager {e.shape} at {sizes}")
+        max_abs = max(max_abs, float(np.abs(e - g.astype(np.float32)).max()))
+        scale = max(scale, float(np.abs(e).max()))
+    max_rel = max_abs / max(scale, 1e-12)
+    if not max_rel <= tolerance:  # also catches NaN
+        raise ExportError(
+            f"{component}: {runtime} differs from eager PyTorch at {sizes}: max abs error {max_abs:.3g}, "
+            f"relative {max_rel:.3g} > tolerance {tolerance:g}"
+        )
+    return VerifyEntry(runtime=runtime, sizes=sizes, max_abs=max_abs, max_rel=max_rel, tolerance=tolerance)
+
+
+def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], names: Sequence[str],
+                    max_batch: int = 4) -> list[ComponentSpec]:  # fmt: skip
+    """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``."""
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise ConfigError(f"components: unknown {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    _, t, h, w = pipe.latent_shape(frames, size)
+    specs = []
+    for name in names:
+        if name == "transformer":
+            text_length = pipe.text_encoder.max_length if isinstance(pipe, TextToVideo) else 0
+            specs.append(transformer_spec(pipe.transformer, (t, h, w), text_length, max_batch))
+        elif name == "vae_decoder":
+            specs.append(vae_decoder_spec(pipe.vae, (t, h, w), max_batch))
+        elif name == "vae_encoder":
+            specs.append(vae_encoder_spec(pipe.vae, frames, size, max_batch))
+        else:
+            if not isinstance(pipe, TextToVideo):
+                raise ConfigError("components: a class-to-video model has no text_encoder")
+            encoder = pipe.text_encoder
+            use_mask = type(encoder).__name__ != "CLIPTextEncoder"  # CLIP runs unmasked (causal)
+            specs.append(text_encoder_spec(encoder.model, encoder.max_length, use_mask, max_batch))  # type: ignore[attr-defined]
+    return specs
+
+
+def export_onnx(
+    model_dir: str | Path,
+    out: str | Path,
+    *,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    flavour: Flavour = "ort",
+    opset: int = 23,
+    components: Sequence[str] = DEFAULT_COMPONENTS,
+    report: Callable[[str], None] | None = None,
+) -> Manifest:
+    """Export a pipeline folder's components to ``out`` (replaced only once everything passed)."""
+    model_dir, out = Path(model_dir), Path(out)
+    if opset not in OPSETS:
+        raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
+    pipe = load_pipeline(model_dir)
+    frames, size = frames or pipe.spec.frames, size or pipe.spec.size
+    specs = component_specs(pipe, frames, size, components)
+    entries = {}
+    with staged_folder(out) as stage:
+        for spec in specs:
+            entries[spec.name] = export_component(spec, stage, flavour=flavour, opset=opset)
+            if report is not None:
+                report(_summary(spec.name, entries[spec.name]))
+        manifest = Manifest(
+            osp_version=__version__, target="onnx", flavour=flavour, opset=opset, model_kind=pipe.spec.kind,
+            source=str(model_dir.resolve()), source_weights_sha256=weights_hash(model_dir), frames=frames,
+            size=size, vae={"scaling_factor": pipe.vae.config.scaling_factor}, components=entries,
+        )  # fmt: skip
+        write_manifest(stage, manifest)
+    return manifest
+
+
+def _summary(name: str, entry: ComponentEntry) -> str:
+    attention = ", ".join(f"{v} {k}" for k, v in entry.attention_nodes.items()) or "no attention nodes"
+    check = entry.verify
+    verdict = (
+        f"max abs error {check.max_abs:.2e} (relative {check.max_rel:.2e}) at {check.sizes}"
+        if check is not None
+        else "not run here (checked when TensorRT builds it)"
+    )
+    return f"{name}: {entry.file}, {attention}; {verdict}"

@@ -1,0 +1,228 @@
+"""Runtime engines: eager, compiled, ONNX Runtime and TensorRT behind one interface.
+
+Every engine offers ``denoiser()`` — the pipeline's ``denoiser(x_t, t, cond) -> output`` — and
+``decoder()`` — scaled latents (B, C, t, h, w) -> video (B, 3, T, H, W), or None to let the pipeline
+decode with its own VAE (tiled when the clip is large). Sampling code never knows which engine runs.
+
+Exported engines (ONNX Runtime, TensorRT) check before the first step that their folder was exported
+from the same weights and covers the requested shape, and say how to re-export if not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from osp.diffusion import Denoiser
+from osp.errors import ConfigError
+from osp.export.compile import CompileMode, compile_blocks
+from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
+from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, model_denoiser
+
+Decoder = Callable[[torch.Tensor], torch.Tensor]
+EngineName = Literal["torch", "compile", "onnx", "trt"]
+ENGINES: tuple[str, ...] = ("torch", "compile", "onnx", "trt")
+_NUMPY = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
+
+
+def _timesteps(t: torch.Tensor, batch: int) -> torch.Tensor:
+    return t.reshape(1).expand(batch) if t.dim() == 0 else t
+
+
+class TorchEngine:
+    """Eager PyTorch: the reference every other engine is checked against."""
+
+    name = "torch"
+
+    def __init__(self, transformer: nn.Module) -> None:
+        self.transformer = transformer
+
+    def denoiser(self) -> Denoiser:
+        return model_denoiser(self.transformer)
+
+    def decoder(self) -> Decoder | None:
+        return None
+
+
+class CompiledEngine(TorchEngine):
+    """torch.compile of the repeated transformer blocks (regional; see osp.export.compile)."""
+
+    name = "compile"
+
+    def __init__(
+        self, transformer: nn.Module, mode: CompileMode = "default", dynamic: bool | None = None
+    ) -> None:
+        super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic))
+
+
+class _Exported:
+    """Shared by the ONNX Runtime and TensorRT engines: the manifest and its checks."""
+
+    target = "onnx"
+
+    def __init__(self, folder: str | Path, model_dir: str | Path | None = None) -> None:
+        self.folder = Path(folder)
+        self.manifest: Manifest = read_manifest(self.folder)
+        if self.manifest.target != self.target:
+            raise EngineMismatchError(
+                f"--engine-dir {self.folder}: holds a {self.manifest.target} export, not {self.target}; "
+                f"export it with osp export --target {'tensorrt' if self.target == 'tensorrt' else 'onnx'}"
+            )
+        self.model_dir = None if model_dir is None else Path(model_dir)
+        if self.model_dir is not None:
+            check_source(self.manifest, self.model_dir, self.folder)
+
+    def check_request(self, pipe: VideoPipeline, batch: int, frames: int, size: tuple[int, int]) -> None:
+        """Refuse a request the exported shapes do not cover, before any sampling."""
+        if self.manifest.model_kind != pipe.spec.kind:
+            raise EngineMismatchError(
+                f"--engine-dir {self.folder}: exported from a {self.manifest.model_kind} model"
+            )
+        _, t, h, w = pipe.latent_shape(frames, size)
+        sizes = {"batch": batch, "latent_frames": t, "latent_height": h, "latent_width": w}
+        if isinstance(pipe, TextToVideo):
+            sizes["text_length"] = pipe.text_encoder.max_length
+        self.manifest.check_sizes("transformer", sizes, self.folder)
+        if "vae_decoder" in self.manifest.components:
+            self.manifest.check_sizes("vae_decoder", {**sizes, "batch": max(1, batch // 2)}, self.folder)
+
+    def _feeds(self, component: str, x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]
+               ) -> dict[str, torch.Tensor]:  # fmt: skip
+        feeds = {"latents": x, "timestep": _timesteps(t, x.shape[0]), **cond}
+        names = [i.name for i in self.manifest.components[component].inputs]
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise ConfigError(f"--engine-dir {self.folder}: the {component} needs {', '.join(missing)}")
+        return {n: feeds[n] for n in names}
+
+
+class OrtEngine(_Exported):
+    """ONNX Runtime sessions over an ``osp export --target onnx`` folder (CPU unless told otherwise)."""
+
+    name = "onnx"
+
+    def __init__(self, folder: str | Path, model_dir: str | Path | None = None,
+                 providers: list[str] | None = None, threads: int | None = None) -> None:  # fmt: skip
+        super().__init__(folder, model_dir)
+        self.providers = providers
+        self.threads = threads
+        self._sessions: dict[str, Any] = {}
+
+    def session(self, component: str) -> Any:
+        if component not in self._sessions:
+            import onnxruntime as ort
+
+            entry = self.manifest.component(component, self.folder)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            providers = self.providers or ["CPUExecutionProvider"]
+            self._sessions[component] = ort.InferenceSession(
+                str(self.folder / entry.file), options, providers=providers
+            )
+        return self._sessions[component]
+
+    def run(self, component: str, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
+        entry = self.manifest.components[component]
+        arrays: dict[str, np.ndarray] = {
+            i.name: feeds[i.name].detach().cpu().numpy().astype(_NUMPY[i.dtype], copy=False)
+            for i in entry.inputs
+        }
+        return self.session(component).run(None, arrays)
+
+    def denoiser(self) -> Denoiser:
+        session_check = self.session("transformer")  # open now: a broken file fails before sampling
+        del session_check
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = self.run("transformer", self._feeds("transformer", x, t, cond))[0]
+            return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+
+        return denoise
+
+    def decoder(self) -> Decoder | None:
+        if "vae_decoder" not in self.manifest.components:
+            return None
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            out = self.run("vae_decoder", {"latents": latents})[0]
+            return torch.from_numpy(out).to(latents.device)
+
+        return decode
+
+
+class TrtEngine(_Exported):
+    """TensorRT engines from ``osp export --target tensorrt``; each one's key is checked on load."""
+
+    name = "trt"
+    target = "tensorrt"
+
+    def __init__(
+        self, folder: str | Path, model_dir: str | Path | None = None, cuda_graph: bool = False
+    ) -> None:
+        super().__init__(folder, model_dir)
+        self.cuda_graph = cuda_graph
+        self._runners: dict[str, Any] = {}
+
+    def runner(self, component: str) -> Any:
+        from osp.export import tensorrt as ostrt
+
+        if component not in self._runners:
+            entry = self.manifest.component(component, self.folder)
+            m = self.manifest
+            ostrt.register_plugins(m.flavour)
+            key = ostrt.current_key(self.folder / entry.file, m.source_weights_sha256, m.precision,
+                                    json.loads(entry.build.get("profiles_json", "[]")), m.flavour)  # fmt: skip
+            rebuild = ostrt.rebuild_command(Path(m.source), self.folder, m.flavour, m.precision)
+            engine = self.folder / entry.build.get("engine", ostrt.engine_name(component, m.precision))
+            self._runners[component] = ostrt.TrtRunner(engine, key, rebuild, cuda_graph=self.cuda_graph)
+        return self._runners[component]
+
+    def denoiser(self) -> Denoiser:
+        runner = self.runner("transformer")
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = runner(self._feeds("transformer", x, t, cond))["model_output"]
+            return out.to(device=x.device, dtype=x.dtype)
+
+        return denoise
+
+    def decoder(self) -> Decoder | None:
+        if "vae_decoder" not in self.manifest.components:
+            return None
+        runner = self.runner("vae_decoder")
+        return lambda latents: runner({"latents": latents})["video"].float().to(latents.device)
+
+
+def make_engine(
+    name: str,
+    pipe: VideoPipeline,
+    *,
+    engine_dir: Path | None = None,
+    model_dir: Path | None = None,
+    batch: int = 2,
+    frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    compile_mode: CompileMode = "default",
+) -> TorchEngine | OrtEngine | TrtEngine:
+    """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
+    if name == "torch":
+        return TorchEngine(pipe.transformer)
+    if name == "compile":
+        return CompiledEngine(pipe.transformer, mode=compile_mode)
+    if engine_dir is None:
+        raise ConfigError(f"--engine-dir: the {name} engine runs an exported folder; give --engine-dir DIR")
+    engine: OrtEngine | TrtEngine = (
+        OrtEngine(engine_dir, model_dir) if name == "onnx" else TrtEngine(engine_dir, model_dir)
+    )
+    engine.check_request(pipe, batch, frames or pipe.spec.frames, size or pipe.spec.size)
+    return engine
