@@ -14,10 +14,10 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
 @click.argument("prompts", nargs=-1)
 @click.option(
     "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="osp model folder (pipeline.json + transformer/ + vae/).",
+    "model",
+    default=None,
+    help="osp model folder (pipeline.json + transformer/ + vae/) or a model name from `osp models`; "
+    "default: the bundled demo model.",
 )
 @click.option(
     "-o",
@@ -65,7 +65,7 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def generate(
     prompts: tuple[str, ...],
-    model_dir: Path,
+    model: str | None,
     out: Path,
     engine: str,
     engine_dir: Path | None,
@@ -85,6 +85,7 @@ def generate(
 ) -> None:
     """Generate a video for each PROMPT (or each --class-label) and write it to OUT."""
     from osp.errors import ConfigError
+    from osp.pipelines.bundled import resolve_model
     from osp.pipelines.generate import GenerateConfig, run_generate
     from osp.progress import ProgressDisplay
 
@@ -95,7 +96,7 @@ def generate(
     cfg = GenerateConfig.from_dict(
         dict(
             prompts=list(prompts),
-            model=model_dir,
+            model=resolve_model(model),
             out=out,
             engine=engine,
             engine_dir=engine_dir,

@@ -2,6 +2,7 @@
 
 Commands are thin: they turn options into a config and call one function. Any :class:`OspError`
 (bad config, bad file, bad shape) is printed as one line and exits with status 2, never a traceback.
+Command modules import torch and the models inside their functions, so ``osp --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from osp.cli.eval import eval_group
 from osp.cli.export import export
 from osp.cli.extract import extract
 from osp.cli.generate import generate
+from osp.cli.models import models
 from osp.cli.reconstruct import reconstruct
 from osp.cli.samples import samples
 from osp.cli.train import train
@@ -46,6 +48,7 @@ cli.add_command(eval_group)
 cli.add_command(export)
 cli.add_command(extract)
 cli.add_command(generate)
+cli.add_command(models)
 cli.add_command(reconstruct)
 cli.add_command(vae)
 cli.add_command(samples)

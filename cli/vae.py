@@ -77,3 +77,36 @@ def convert(src: Path, out: Path, config_path: Path | None, dtype: str) -> None:
     console.print(
         f"converted {src} -> {out} ({sum(v.numel() for v in state.values()) / 1e6:.1f}M parameters)"
     )
+
+
+@vae.command()
+@click.argument("vae_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True)
+@click.option("--size", type=click.IntRange(min=8), default=64, show_default=True)
+def calibrate(vae_dir: Path, videos: tuple[Path, ...], frames: int, size: int) -> None:
+    """Set VAE_DIR's scaling_factor to 1 / std of its latents over VIDEOS (unit-variance diffusion input).
+
+    Stable Diffusion's 0.18215 was measured the same way for its own VAE; a VAE trained by osp needs its
+    own value, or the diffusion model sees latents far from the unit variance its noise assumes."""
+    import json
+
+    import torch
+
+    from osp.io.video import read_video, to_model
+    from osp.io.weights import atomic_write_text, read_config_json
+    from osp.vae import load_causal_vae
+
+    model = load_causal_vae(vae_dir).eval()
+    latents = []
+    with torch.no_grad():
+        for path in videos:
+            x = to_model(read_video(path, num_frames=frames, size=size).frames).unsqueeze(0)
+            latents.append(model.encode(x).mode().flatten())
+    std = float(torch.cat(latents).std())
+    config = read_config_json(vae_dir)
+    config["scaling_factor"] = round(1.0 / std, 6)
+    atomic_write_text(vae_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    console.print(
+        f"latent std {std:.4f} over {len(videos)} clips: scaling_factor = {config['scaling_factor']}"
+    )

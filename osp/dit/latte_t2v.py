@@ -431,6 +431,18 @@ LATTE_T2V_CONFIGS: dict[str, LatteT2VConfig] = {
         caption_channels=384,
         video_length=5,
     ),
+    # The bundled demo model (configs/demo/dit.yaml): 4.6M parameters on 5x8x8 latents of 17x64x64
+    # clips, flow matching (no learned sigma), MiniLM captions; trainable on two CPU cores.
+    "latte-t2v-demo": LatteT2VConfig(
+        num_attention_heads=3,
+        attention_head_dim=64,
+        out_channels=4,
+        num_layers=4,
+        cross_attention_dim=192,
+        sample_size=8,
+        caption_channels=384,
+        video_length=5,
+    ),
     # For tests: every code path in a few hundred thousand parameters.
     "latte-t2v-tiny": LatteT2VConfig(
         num_attention_heads=2,

