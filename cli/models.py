@@ -15,12 +15,14 @@ def models(ctx: click.Context) -> None:
     """List bundled and local models (`osp models`), or `assemble` one from trained weights."""
     if ctx.invoked_subcommand is not None:
         return
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from osp.pipelines.bundled import DEFAULT_MODEL, bundled_models, local_models, local_models_dir
     from osp.pipelines.text_to_video import read_spec
 
-    table = Table("name", "where", "kind", "frames", "size", "sampler", "path")
+    table = Table("where", "kind", "frames", "size", "sampler", "path")
+    table.columns[-1].overflow = "fold"
+    table.columns.insert(0, Column("name", no_wrap=True))
     for where, found in (("bundled", bundled_models()), ("local", local_models())):
         for name, path in found.items():
             spec = read_spec(path)

@@ -1,0 +1,69 @@
+"""The bundled demo model: listed, small, loads offline, and still draws what a fixed prompt asks for.
+
+The last test is a regression test of the shipped weights: one fixed prompt and seed, decoded and
+measured by the model-free adherence evaluator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from osp.cli.main import cli
+from osp.eval.adherence import measure
+from osp.io.video import read_video
+from osp.io.weights import load_safetensors
+from osp.pipelines.bundled import DEFAULT_MODEL, bundled_model_dir, bundled_models, resolve_model
+from osp.pipelines.text_to_video import read_spec
+
+PROMPT = "a red circle moving left on a black background"
+
+
+def test_bundled_model_is_listed_and_small() -> None:
+    assert DEFAULT_MODEL in bundled_models()
+    folder = bundled_model_dir()
+    assert resolve_model(None) == folder and resolve_model(DEFAULT_MODEL) == folder
+    spec = read_spec(folder, "text-to-video")
+    assert (spec.frames, spec.size, spec.text_encoder) == (17, (64, 64), "minilm")
+    weights = sorted(folder.glob("*/model.safetensors"))
+    assert [w.parent.name for w in weights] == ["transformer", "vae"]
+    assert sum(w.stat().st_size for w in weights) <= 40 * 2**20
+    for w in weights:
+        assert {t.dtype for t in load_safetensors(w).values()} == {__import__("torch").float16}
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 0 and DEFAULT_MODEL in result.output
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundled") / "clip.mp4"
+    result = CliRunner().invoke(cli, ["generate", PROMPT, "-o", str(out), "--seed", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_generate_with_the_bundled_model(generated: Path) -> None:
+    video = read_video(generated)
+    assert video.frames.shape == (17, 3, 64, 64) and video.fps == pytest.approx(8.0)
+    seen = measure(video.frames)
+    # What the shipped weights draw for this prompt and seed today: the right background and one object
+    # in (nearly) every frame.
+    assert seen.background == "black" and seen.object_frames >= 15, seen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the bundled demo VAE is undertrained (about 20 dB on held-out synthetic clips): colours wash "
+    "out to olive and the transformer does not yet follow colour or direction (README, 'The bundled model')",
+)
+def test_bundled_model_follows_colour_and_direction(generated: Path) -> None:
+    seen = measure(read_video(generated).frames)
+    assert (seen.color, seen.direction) == ("red", "left"), seen
+
+
+def test_unknown_model_name_is_one_line() -> None:
+    result = CliRunner().invoke(cli, ["generate", "x", "--model", "no-such-model", "-o", "/tmp/never.mp4"])
+    assert result.exit_code == 2 and "no-such-model" in result.output
+    assert not Path("/tmp/never.mp4").exists()
