@@ -88,6 +88,9 @@ def test_generate_bad_input(tmp_path: Path, t2v_dir: Path, args: list[str], mess
 
 def test_generate_missing_model(tmp_path: Path) -> None:
     code, text = run("generate", "a cat", "--model", str(tmp_path / "none"), "-q")
+    assert code == 2 and "neither a folder nor a model name" in text and str(tmp_path / "none") in text
+    (tmp_path / "empty").mkdir()
+    code, text = run("generate", "a cat", "--model", str(tmp_path / "empty"), "-q")
     assert code == 2 and "not an osp model folder" in text
 
 
