@@ -36,10 +36,9 @@ def eval_group() -> None:
 )
 @click.option(
     "--model",
-    "model_dir",
-    type=click.Path(path_type=Path),
+    "model",
     default=None,
-    help="osp model folder; default: the bundled demo model.",
+    help="osp model folder or a name from `osp models`; default: the bundled demo model.",
 )
 @click.option(
     "--split",
@@ -69,7 +68,7 @@ def eval_group() -> None:
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def adherence(
-    labels_path: Path | None, model_dir: Path | None, split: str, seeds: int, seed: int, limit: int | None,
+    labels_path: Path | None, model: str | None, split: str, seeds: int, seed: int, limit: int | None,
     steps: int | None, guidance: float | None, batch: int, device: str, out: Path | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Does a video show the background, colour, shape and direction its prompt asks for?
@@ -82,15 +81,15 @@ def adherence(
 
     with ProgressDisplay(enabled=not quiet) as progress:
         if labels_path is not None:
-            if model_dir is not None:
+            if model is not None:
                 raise ConfigError("--labels scores existing clips; it takes no --model")
             head: dict[str, object] = {"labels": str(labels_path)}
             extras, scored, summary = _score_labels(labels_path, progress)
         else:
-            from osp.pipelines.bundled import bundled_model_dir
+            from osp.pipelines.bundled import resolve_model
 
             out = out or DEFAULT_OUT
-            model_dir = model_dir if model_dir is not None else bundled_model_dir()
+            model_dir = resolve_model(model)
             head = {"model": str(model_dir), "split": split, "seeds": seeds, "seed": seed, "limit": limit,
                     "steps": steps, "guidance": guidance}  # fmt: skip
             extras, scored, summary = _generate_and_score(
