@@ -13,19 +13,10 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from osp.errors import ConfigError
-from osp.io.video import read_video, write_video
+from osp.io.video import read_video, resize_crop, write_video
 from osp.io.weights import atomic_dir
 from osp.progress import Update
-
-
-def _crop_resize(frames: torch.Tensor, top: int, left: int, side: int, size: int) -> torch.Tensor:
-    crop = frames[..., top : top + side, left : left + side].float()
-    out = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def cut_clips(
@@ -65,7 +56,9 @@ def cut_clips(
                 clip = video.frames[start : start + span : sample_rate]
                 name = f"clips/{Path(path).stem}_{i:05d}.mp4"
                 fps = video.fps / sample_rate
-                write_video(tmp / name, _crop_resize(clip, top, left, side, size), fps)
+                write_video(
+                    tmp / name, resize_crop(clip[..., top : top + side, left : left + side], size), fps
+                )
                 rows.append(json.dumps({"path": name, "caption": f"a clip of {Path(path).stem}", "fps": fps}))
                 done += 1
                 if progress is not None:
