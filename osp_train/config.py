@@ -101,6 +101,7 @@ class TrainConfig(Config):
     zero_stage: Literal[0, 1, 2] = 0
     cpu_offload: bool = Field(False, description="ZeRO optimizer states in CPU memory (stage 1/2)")
     ema_decay: float = Field(0.9999, ge=0, le=1)
+    ema_warmup: bool = Field(True, description="cap update n's decay at (1 + n) / (10 + n), as diffusers")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     keep_last: int = Field(3, ge=1)

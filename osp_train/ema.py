@@ -14,22 +14,32 @@ from osp.io.weights import WEIGHTS_NAME, Pretrained, check_state_dict, load_safe
 class EMA:
     """``shadow = decay * shadow + (1 - decay) * param`` over every floating tensor of the state dict.
 
+    With ``warmup`` the decay of update ``n`` (counted from 0) is ``min(decay, (1 + n) / (10 + n))``, the
+    cap diffusers' EMAModel applies: the first updates follow the weights closely, so a short run's EMA
+    holds its trained weights instead of a 0.9999-weighted share of the random init (0.9999^2000 = 82%).
+
     The shadow is a full fp32 copy of the model (a :class:`Pretrained`), so it saves as an ordinary osp
     weights folder that ``from_pretrained`` and the pipelines load. Buffers and frozen parameters (fixed
     sin-cos positions) are copied, not averaged.
     """
 
-    def __init__(self, model: Pretrained, decay: float) -> None:
-        self.decay = decay
+    def __init__(self, model: Pretrained, decay: float, warmup: bool = True) -> None:
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(model).float().eval().requires_grad_(False)
 
+    def decay_at(self, n: int) -> float:
+        """The decay of update ``n`` (0 for the first update after step 0)."""
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, n: int) -> None:
+        """Fold ``model`` in as update number ``n`` (the optimizer steps taken before this one)."""
+        decay = self.decay_at(n)
         source = dict(model.named_parameters())
         for name, shadow in self.model.named_parameters():
             param = source[name]
             if param.requires_grad:
-                shadow.lerp_(param.detach().float(), 1.0 - self.decay)
+                shadow.lerp_(param.detach().float(), 1.0 - decay)
             else:
                 shadow.copy_(param.detach())
         for (_, shadow_buf), (_, buf) in zip(self.model.named_buffers(), model.named_buffers(), strict=True):

@@ -267,7 +267,8 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         if cfg.sample_every:
             task = replace(task, sample=reconstruction_sampler(cfg))
     model = task.model
-    ema = EMA(model, cfg.ema_decay) if main else None  # before DeepSpeed casts the module to bf16
+    # Before DeepSpeed casts the module to bf16: the EMA keeps fp32 weights.
+    ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if main else None
     engine = build_engine(cfg, model, info.world_size)
     checkpointable = task.checkpointable(engine)
 
@@ -338,9 +339,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
             for key, value in task.step(engine, batch, g, step).items():
                 total = window.setdefault(key, [0.0, 0])
                 total[0], total[1] = total[0] + value, total[1] + 1
-            step += 1
             if ema is not None:
-                ema.update(engine.module)
+                ema.update(engine.module, step)
+            step += 1
             if ema is not None and task.sample and cfg.sample_every and step % cfg.sample_every == 0:
                 assert first_batch is not None
                 write_samples(cfg.out / "samples", step, ema.model, first_batch, task.sample)
