@@ -122,8 +122,16 @@ class TrainConfig(Config):
     def _consistent(self) -> TrainConfig:
         if self.cpu_offload and self.zero_stage == 0:
             raise ValueError("cpu_offload needs zero_stage 1 or 2")
-        if self.data.use_image_num:
-            raise ValueError("data.use_image_num: joint image-video training is not in the trainer yet")
+        if self.data.use_image_num and (self.task != "dit" or self.conditioning != "text"):
+            raise ValueError(
+                "data.use_image_num: joint image-video training is for task dit with text conditioning "
+                "(LatteT2V's num_images)"
+            )
+        if self.data.use_image_num and self.features is not None:
+            raise ValueError(
+                "data.use_image_num: features hold no images; joint image-video training runs with the "
+                "VAE in the loop (drop features)"
+            )
         if self.task == "dit" and self.vae is None and self.features is None:
             raise ValueError("vae: task dit needs the frozen VAE that makes its latents (or features)")
         if self.features is not None and self.task != "dit":

@@ -227,15 +227,27 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
             null_text = encoder.null(1, device=device)
         held = (vae, encoder)
 
-        def encode(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def encode(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
             x0 = vae.encode_latents(batch["video"].to(device, vae_dtype), sample=cfg.vae_sample, generator=g)
-            return x0.float(), _condition(cfg, batch, encoder, null_text, g, device)
+            cond = _condition(cfg, batch, encoder, null_text, g, device)
+            if "images" in batch:
+                # Joint image-video training: each image is a 1-frame video to the causal VAE, and its
+                # latent frame follows the clip's along T (Open-Sora-Plan v1.0's use_image_num).
+                images = batch["images"].to(device, vae_dtype)  # (B, n, C, H, W)
+                b, n = images.shape[:2]
+                z = vae.encode_latents(images.flatten(0, 1)[:, :, None], sample=cfg.vae_sample, generator=g)
+                z = z.unflatten(0, (b, n)).squeeze(3).transpose(1, 2)  # (B*n, c, 1, h, w) -> (B, c, n, h, w)
+                x0 = torch.cat([x0, z.to(x0.dtype)], dim=2)
+                cond["num_images"] = n
+            return x0.float(), cond
 
-    loss_fn = _objective(cfg, model, device)
+    loss_fn = training_loss(cfg, model, device)
 
     def step(engine: Any, batch: dict[str, Any], g: torch.Generator, _: int) -> dict[str, float]:
-        def model_fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
+        def model_fn(x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any]) -> torch.Tensor:
+            cast = {
+                k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in cond.items()
+            }
             return engine(x_t.to(dtype), t, **cast).float()
 
         with torch.no_grad():
@@ -413,7 +425,11 @@ def _condition(
     g: torch.Generator,
     device: torch.device,
 ) -> dict[str, torch.Tensor]:
-    """Model keyword arguments for a batch; text conditions dropped to the empty prompt for CFG."""
+    """Model keyword arguments for a batch; text conditions dropped to the empty prompt for CFG.
+
+    With joint images (``image_captions``) the states are (B, 1 + n, L, D): the clip's caption, then
+    each image's, every one dropped on its own.
+    """
     if cfg.conditioning == "class":
         if "label" not in batch:
             raise ConfigError(f"data.manifest: conditioning is class but {cfg.data.manifest} has captions")
@@ -422,11 +438,19 @@ def _condition(
         raise ConfigError(f"data.manifest: conditioning is text but {cfg.data.manifest} has class labels")
     if "text_states" in batch:  # offline features
         states, mask = batch["text_states"].to(device), batch["text_mask"].to(device)
+    elif "image_captions" in batch:
+        rows = [
+            [caption, *images]
+            for caption, images in zip(batch["caption"], batch["image_captions"], strict=True)
+        ]
+        text = encoder.encode([c for row in rows for c in row], device=device)
+        states = text.states.unflatten(0, (len(rows), -1))  # (B, 1 + n, L, D)
+        mask = text.mask.unflatten(0, (len(rows), -1))  # (B, 1 + n, L)
     else:
         text = encoder.encode(batch["caption"], device=device)
         states, mask = text.states, text.mask
     if cfg.cond_dropout:
-        drop = torch.rand(states.shape[0], generator=g, device=device) < cfg.cond_dropout
-        states = torch.where(drop[:, None, None], null_text.states.expand_as(states), states)
-        mask = torch.where(drop[:, None], null_text.mask.expand_as(mask), mask)
+        drop = torch.rand(states.shape[:-2], generator=g, device=device) < cfg.cond_dropout  # (B[, 1+n])
+        states = torch.where(drop[..., None, None], null_text.states[0].expand_as(states), states)
+        mask = torch.where(drop[..., None], null_text.mask[0].expand_as(mask), mask)
     return {"encoder_hidden_states": states, "encoder_attention_mask": mask}

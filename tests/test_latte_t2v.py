@@ -226,3 +226,56 @@ def test_open_sora_plan_config_translates() -> None:
     assert config == LATTE_T2V_CONFIGS["latte-t2v-xl/2"]
     with pytest.raises(ConfigError, match="norm_type"):
         latte_t2v_config({**release, "norm_type": "ada_norm_zero"})
+
+
+def test_joint_images_match_diffusers_video_and_images_apart() -> None:
+    """Joint image-video (Open-Sora-Plan v1.0 use_image_num): the video frames come out as diffusers
+    gives the clip alone, each image as diffusers gives it alone with temporal attention off."""
+    reference = diffusers_tiny()
+    ours = LatteT2V.from_state_dict(TINY, reference.state_dict())
+    g = torch.Generator().manual_seed(5)
+    video, images = torch.randn(2, 4, 3, 8, 8, generator=g), torch.randn(2, 4, 2, 8, 8, generator=g)
+    captions = torch.randn(2, 3, 5, 24, generator=g)  # (B, 1 + n, L, D): the clip's, then each image's
+    mask = torch.ones(2, 3, 5, dtype=torch.bool)
+    mask[1, 2, 3:] = False  # the second sample's second image has a 3-token caption
+    t = torch.tensor([10.0, 700.0])
+    with torch.no_grad():
+        joint = ours(torch.cat([video, images], dim=2), t, captions, mask, num_images=2)
+        expected_video = reference(
+            video, timestep=t, encoder_hidden_states=captions[:, 0], return_dict=False
+        )[0]
+        torch.testing.assert_close(joint[:, :, :3], expected_video, rtol=1e-5, atol=1e-5)
+        for i in range(2):
+            expected = reference(
+                images[:, :, i : i + 1], timestep=t, encoder_hidden_states=captions[:, 1 + i],
+                encoder_attention_mask=mask[:, 1 + i], enable_temporal_attentions=False, return_dict=False,
+            )[0]  # fmt: skip
+            torch.testing.assert_close(joint[:, :, 3 + i : 4 + i], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_joint_images_with_dynamic_masks_keep_padding_out() -> None:
+    """A padded clip with images: its real outputs and its images' outputs are those of the unpadded clip."""
+    model = tiny()
+    g = torch.Generator().manual_seed(6)
+    clip, image = torch.randn(1, 4, 2, 4, 6, generator=g), torch.randn(1, 4, 1, 4, 6, generator=g)
+    padded = torch.zeros(1, 4, 4, 8, 8)
+    padded[:, :, :2, :4, :6], padded[:, :, 3:, :4, :6] = clip, image
+    captions = torch.randn(1, 2, 5, 24, generator=g)
+    t = torch.tensor([300.0])
+    with torch.no_grad():
+        out = model(padded, t, captions, latent_sizes=[[2, 4, 6]], num_images=1)
+        alone = model(torch.cat([clip, image], dim=2), t, captions, num_images=1)
+    torch.testing.assert_close(out[:, :, :2, :4, :6], alone[:, :, :2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out[:, :, 3:, :4, :6], alone[:, :, 2:], rtol=1e-4, atol=1e-5)
+    assert torch.count_nonzero(out[:, :, 2]) == 0  # the padded video frame
+
+
+def test_joint_images_bad_inputs() -> None:
+    model = tiny()
+    x, t, context = inputs()
+    with pytest.raises(ShapeError, match=r"1\+num_images=2"):
+        model(x, t, context, num_images=1)  # (B, L, D) captions, but images need one caption each
+    with pytest.raises(ShapeError, match="num_images must be in"):
+        model(x, t, context[:, None].expand(-1, 4, -1, -1), num_images=3)  # no video frame left
+    with pytest.raises(ShapeError, match="encoder_attention_mask"):
+        model(x, t, context, torch.ones(2, 4))

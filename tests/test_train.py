@@ -193,6 +193,54 @@ def test_demo_config_is_valid() -> None:
     assert result.exit_code == 0, result.output
 
 
+def test_joint_image_video_training(tmp_path: Path) -> None:
+    """use_image_num: 2 images per clip from the manifest's image rows, each captioned, train beside the clips."""
+    from PIL import Image
+
+    torch.manual_seed(0)
+    CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).save_pretrained(tmp_path / "vae")
+    entries = [
+        ManifestEntry(write_video(tmp_path / f"c{k}.mp4", _clip(k), 8), caption=f"ramp {k}") for k in range(2)
+    ]
+    for k in range(3):
+        Image.fromarray(_clip(k % 2)[0].permute(1, 2, 0).numpy()).save(tmp_path / f"i{k}.png")
+        entries.append(ManifestEntry(tmp_path / f"i{k}.png", caption=f"still {k}"))
+    write_manifest(tmp_path / "m.jsonl", entries)
+    base = {
+        "model": "latte-t2v-tiny",
+        "model_overrides": {"caption_channels": 384, "out_channels": 4},
+        "objective": "flow",
+        "conditioning": "text",
+        "cond_dropout": 0.2,
+        "text_max_length": 16,
+        "vae": str(tmp_path / "vae"),
+        "data": {
+            "manifest": str(tmp_path / "m.jsonl"),
+            "num_frames": 5,
+            "size": [32, 32],
+            "use_image_num": 2,
+        },
+        "batch_size": 2,
+        "steps": 4,
+        "log_every": 2,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({**base, "out": str(tmp_path / "run")}))
+    result = cli("--config", str(tmp_path / "run.yaml"), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["requests"] == 4 * 2 * (1 + 2)  # every clip came with its two images
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in metrics(tmp_path / "run"))
+
+    # Features hold no images, and the class-conditional Latte has no joint mode: both refused up front.
+    for change, word in ((("features", str(tmp_path)),), "features"), ((("conditioning", "class"),), "text"):
+        (tmp_path / "bad.yaml").write_text(
+            yaml.safe_dump({**base, **dict(change), "out": str(tmp_path / "b")})
+        )
+        bad = cli("--config", str(tmp_path / "bad.yaml"), "--quiet")
+        assert bad.returncode == 2 and "data.use_image_num" in bad.stderr and word in bad.stderr, bad.stderr
+        assert "Traceback" not in bad.stderr
+
+
 def test_text_flow_bf16_offload_smoke(tmp_path: Path) -> None:
     """Text conditioning (MiniLM, CFG dropout), the flow objective, bf16, ZeRO-1 + CPU offload, cosine LR."""
     torch.manual_seed(0)

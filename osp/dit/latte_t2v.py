@@ -210,17 +210,23 @@ class LatteBlock(nn.Module):
         rope: torch.Tensor | None,
         grid: tuple[int, int] | None,
     ) -> torch.Tensor:
-        """x (B, S, L, D): attention runs over L for each of the S rows; t_mod (B, 6, D)."""
+        """x (B, S, L, D): attention runs over L for each of the S rows; t_mod (B, 6, D); context
+        (B, Lc, D) shared by all rows, or (B, S, Lc, D) one per row."""
         b, s, length, d = x.shape
         mod = (self.scale_shift_table[None] + t_mod)[:, :, None, None, :]  # (B, 6, 1, 1, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)
         h = self.norm1(x) * (1 + scale_msa) + shift_msa
         h = self.attn1(h.reshape(b * s, length, d), None, key_valid, rope, grid).reshape(b, s, length, d)
         x = x + gate_msa * h
-        if self.attn2 is not None and context is not None:
+        if self.attn2 is not None and context is not None and context.dim() == 3:
             # PixArt applies no norm before cross-attention. Every row of a sample attends to the same
             # caption, so all S*L queries of a sample share one K/V computation.
             h = self.attn2(x.reshape(b, s * length, d), context, context_valid)
+            x = x + h.reshape(b, s, length, d)
+        elif self.attn2 is not None and context is not None:
+            # One caption per row (joint image-video training): context (B, S, Lc, D).
+            valid = None if context_valid is None else context_valid.flatten(0, 1)
+            h = self.attn2(x.reshape(b * s, length, d), context.flatten(0, 1), valid)
             x = x + h.reshape(b, s, length, d)
         h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
         return x + gate_mlp * self.ff(h)
@@ -303,7 +309,9 @@ class LatteT2V(Pretrained):
         return tokens + pos.flatten(2, 3)
 
     # ---- forward ----
-    def _check(self, x: torch.Tensor, context: torch.Tensor) -> None:
+    def _check(
+        self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None, num_images: int
+    ) -> None:
         cfg = self.config
         if x.dim() != 5 or x.shape[1] != cfg.in_channels:
             raise ShapeError(f"latents must be (B, {cfg.in_channels}, T, H, W), got shape {tuple(x.shape)}")
@@ -311,9 +319,22 @@ class LatteT2V(Pretrained):
             raise ShapeError(
                 f"latent height and width must be multiples of patch_size={cfg.patch_size}, got {tuple(x.shape[3:])}"
             )
-        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.caption_channels:
+        if not 0 <= num_images < x.shape[2]:
             raise ShapeError(
-                f"encoder_hidden_states must be (B={x.shape[0]}, L, {cfg.caption_channels}), got {tuple(context.shape)}"
+                f"num_images must be in [0, {x.shape[2]}): the latents' {x.shape[2]} frames are video "
+                f"frames followed by num_images images, and at least one must be video; got {num_images}"
+            )
+        b, c = x.shape[0], cfg.caption_channels
+        want: tuple[int, ...] = (b, 1 + num_images) if num_images else (b,)
+        n = len(want)
+        if context.dim() != n + 2 or tuple(context.shape[:n]) != want or context.shape[-1] != c:
+            # The message is built only here: formatting a traced batch size would pin it.
+            shape = f"(B={b}, 1+num_images={1 + num_images}, L, {c})" if num_images else f"(B={b}, L, {c})"
+            raise ShapeError(f"encoder_hidden_states must be {shape}, got {tuple(context.shape)}")
+        if mask is not None and tuple(mask.shape) != tuple(context.shape[:-1]):
+            raise ShapeError(
+                f"encoder_attention_mask must be {tuple(context.shape[:-1])} (encoder_hidden_states without "
+                f"its width), got {tuple(mask.shape)}"
             )
 
     def forward(
@@ -323,6 +344,7 @@ class LatteT2V(Pretrained):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         latent_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        num_images: int = 0,
     ) -> torch.Tensor:
         """Predict noise (and variance) for latents x (B, C, T, H, W) at timesteps t (B,).
 
@@ -330,10 +352,18 @@ class LatteT2V(Pretrained):
         or 1 = real token. ``latent_sizes`` (B, 3) gives each sample's (t, h, w) in latents when the batch
         is padded to a common size: padding never changes the outputs at real positions, and the
         outputs at padded positions are zero.
+
+        Joint image-video training (Open-Sora-Plan v1.0's ``use_image_num``): the last ``num_images`` of
+        the T latent frames are still images, each encoded on its own. Captions are then (B, 1 +
+        num_images, L, caption_channels) with a (B, 1 + num_images, L) mask: the video's caption, then
+        one per image. Spatial blocks see every frame, each with its own caption; temporal blocks and
+        temporal positions see only the video frames, so images and video never mix. ``latent_sizes``
+        then gives the video's (t, h, w); images share its (h, w).
         """
-        self._check(x, encoder_hidden_states)
+        self._check(x, encoder_hidden_states, encoder_attention_mask, num_images)
         cfg, p = self.config, self.config.patch_size
-        b, _, frames, hh, ww = x.shape
+        b, _, total, hh, ww = x.shape
+        frames = total - num_images  # video latent frames; images follow them along T
         h, w = hh // p, ww // p
         sizes = None if latent_sizes is None else torch.as_tensor(latent_sizes, device=x.device).long()
 
@@ -353,22 +383,29 @@ class LatteT2V(Pretrained):
         # 1. Tokens, conditioning and masks.
         hidden = self._embed(x, sizes)  # (B, T, N, D)
         t_mod, t_emb = self.adaln_single(t.to(x.device))
-        context = self.caption_projection(encoder_hidden_states)
+        context = self.caption_projection(encoder_hidden_states)  # (B, [1+n,] L, D)
         context_valid = None if encoder_attention_mask is None else encoder_attention_mask.bool()
+        if num_images:
+            # Per-frame captions: the video's for its frames, each image's own for the images.
+            rows = torch.cat([torch.zeros(frames, dtype=torch.long), torch.arange(1, 1 + num_images)])
+            context = context[:, rows.to(x.device)]  # (B, T, L, D)
+            if context_valid is not None:
+                context_valid = context_valid[:, rows.to(x.device)]  # (B, T, L)
         token_valid = spatial_valid = temporal_valid = None
         if sizes is not None:
-            frame_ok = torch.arange(frames, device=x.device)[None] < sizes[:, :1]  # (B, T)
+            frame_ok = torch.arange(frames, device=x.device)[None] < sizes[:, :1]  # (B, T_video)
+            frame_ok = F.pad(frame_ok, (0, num_images), value=True)  # (B, T): images are always real
             row_ok = torch.arange(h, device=x.device)[None] < sizes[:, 1:2] // p  # (B, h)
             col_ok = torch.arange(w, device=x.device)[None] < sizes[:, 2:3] // p  # (B, w)
             grid_ok = (row_ok[:, :, None] & col_ok[:, None, :]).flatten(1)  # (B, N)
             token_valid = (frame_ok[:, :, None] & grid_ok[:, None, :])[..., None].to(
                 hidden.dtype
             )  # (B, T, N, 1)
-            spatial_valid = grid_ok[:, None].expand(b, frames, -1).reshape(b * frames, -1)
-            temporal_valid = frame_ok[:, None].expand(b, h * w, -1).reshape(b * h * w, -1)
+            spatial_valid = grid_ok[:, None].expand(b, total, -1).reshape(b * total, -1)
+            temporal_valid = frame_ok[:, None, :frames].expand(b, h * w, -1).reshape(b * h * w, -1)
             hidden = hidden * token_valid
         rope = None if self.rope is None else self.rope.angles(h, w, x.device)
-        temporal_pos = self.temporal_positions(frames).to(hidden)[:, None]  # (T, 1, D)
+        temporal_pos = self.temporal_positions(frames).to(hidden)[:, None]  # (T_video, 1, D)
 
         # 2. Spatial block (over N) then temporal block (over T), num_layers times.
         for i, (spatial, temporal) in enumerate(
@@ -386,11 +423,13 @@ class LatteT2V(Pretrained):
                 (h, w),
             )
             hidden = hidden.transpose(1, 2)  # (B, N, T, D)
+            video, images = hidden[:, :, :frames], hidden[:, :, frames:]
             if i == 0 and frames > 1:
-                hidden = hidden + temporal_pos.transpose(0, 1)
-            hidden = run_block(
-                temporal, cfg.gradient_checkpointing, hidden, t_mod, None, None, temporal_valid, None, None
+                video = video + temporal_pos.transpose(0, 1)
+            video = run_block(
+                temporal, cfg.gradient_checkpointing, video, t_mod, None, None, temporal_valid, None, None
             )
+            hidden = torch.cat([video, images], dim=2) if num_images else video
             hidden = hidden.transpose(1, 2)  # (B, T, N, D)
             if token_valid is not None:
                 hidden = hidden * token_valid  # padding stays exactly zero (and finite)
@@ -401,8 +440,8 @@ class LatteT2V(Pretrained):
         out = self.proj_out(hidden)  # (B, T, N, p*p*C)
         if token_valid is not None:
             out = out * token_valid
-        out = unpatchify(out.reshape(b * frames, h * w, -1), h, w, p, self.out_channels)  # (B*T, C, H, W)
-        return out.reshape(b, frames, self.out_channels, hh, ww).transpose(1, 2)  # (B, C, T, H, W)
+        out = unpatchify(out.reshape(b * total, h * w, -1), h, w, p, self.out_channels)  # (B*T, C, H, W)
+        return out.reshape(b, total, self.out_channels, hh, ww).transpose(1, 2)  # (B, C, T, H, W)
 
 
 def load_latte_t2v(
