@@ -32,11 +32,18 @@ class OptimConfig(Config):
 class VAELossConfig(Config):
     """``task: vae``: Open-Sora-Plan v1.0's CausalVAE objective (VQGAN recipe), see osp_train.losses.
 
-    Generator loss = sum over pixels / frames of (l1_weight * |x - x̂| + perceptual_weight * P(x, x̂))
-    + kl_weight * KL (summed, per clip) + [step >= disc_start] * adaptive_weight * (-D(x̂)).
+    Generator loss = sum over pixels / frames of (l1_weight * |x - x̂| + l2_weight * (x - x̂)² +
+    perceptual_weight * P(x, x̂)) + kl_weight * KL (summed, per clip) + [step >= disc_start] *
+    adaptive_weight * (-D(x̂)).
+
+    ``l2_weight`` is not in the release recipe. L1's gradient has the same size at every pixel, so on
+    clips that are mostly flat background the background's pixels outvote a small object's and a
+    young VAE sits for thousands of steps drawing the background alone; a squared-error term weighs
+    each pixel by its error and gets past that (osp's demo VAE trains with it).
     """
 
     l1_weight: float = Field(1.0, ge=0)
+    l2_weight: float = Field(0.0, ge=0)
     perceptual_weight: float = Field(1.0, ge=0)
     # "lpips:/path/to/weights.pth" (LPIPS-VGG16, see osp_train.losses.LPIPS), "fallback" (multi-scale
     # image-gradient L1, no weights needed) or "none".

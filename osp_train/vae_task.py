@@ -148,12 +148,18 @@ def autoencoder_task(cfg: TrainConfig, info: DistInfo, dtype: torch.dtype) -> Ta
         # The release sums its per-pixel loss over pixels and averages over frames, with the perceptual
         # distance (one value per frame) added at every pixel: hence the ``* pixels``.
         l1 = (real - fake).abs().mean(dim=(1, 2, 3))
+        l2 = (real - fake).pow(2).mean(dim=(1, 2, 3))
         p = perceptual(real, fake) if perceptual is not None else torch.zeros_like(l1)
-        nll = (spec.l1_weight * l1 + spec.perceptual_weight * p).mean() * pixels
+        nll = (spec.l1_weight * l1 + spec.l2_weight * l2 + spec.perceptual_weight * p).mean() * pixels
         kl = posterior.kl().float().mean()  # summed over latent elements, averaged over clips
         grad = torch.autograd.grad(nll, r)[0]  # d nll / d recon
         loss = nll.detach() + spec.kl_weight * kl.detach()
-        metrics = {"l1": l1.mean().item(), "perceptual": p.mean().item(), "kl": kl.item()}
+        metrics = {
+            "l1": l1.mean().item(),
+            "l2": l2.mean().item(),
+            "perceptual": p.mean().item(),
+            "kl": kl.item(),
+        }
         gan = step >= spec.disc_start
         if gan:
             g_loss = -disc(fake).mean()
