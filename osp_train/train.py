@@ -122,7 +122,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _objective(
+def training_loss(
     cfg: TrainConfig, model: Pretrained, device: torch.device
 ) -> Callable[..., dict[str, torch.Tensor]]:
     """``loss_fn(model_fn, x0, cond, generator)`` for the configured objective, checked against the model."""
