@@ -35,9 +35,11 @@ from osp.cli.common import SIZE, console
 @click.option("--size", type=SIZE, default=None, help="S or HxW to trace at; default from the model.")
 @click.option(
     "--flavour",
-    type=click.Choice(["ort", "trt"]),
+    type=click.Choice(["ort", "ort-mha", "trt"]),
     default=None,
-    help="Attention node: ort = stock ONNX (default for onnx), trt = osp::attention plugin (default for tensorrt).",
+    help="Attention node: ort = stock ONNX Attention (default for onnx), ort-mha = ONNX Runtime's "
+    "com.microsoft MultiHeadAttention (its CUDA provider's fused kernels), trt = osp::attention plugin "
+    "(default for tensorrt).",
 )
 @click.option(
     "--opset", type=int, default=None, help="ONNX opset, 18..25 (default 23; 18 for tensorrt + ort)."
@@ -101,6 +103,11 @@ def export(
             components=names or DEFAULT_COMPONENTS, report=console.print,
         )  # fmt: skip
     else:
+        if flavour == "ort-mha":
+            raise ConfigError(
+                "--flavour: ort-mha is an ONNX Runtime contrib op that TensorRT cannot parse; "
+                "use ort or trt with --target tensorrt"
+            )
         from osp.export.tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()

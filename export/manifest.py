@@ -74,7 +74,7 @@ class Manifest(Config):
     format_version: int = 1
     osp_version: str
     target: Literal["onnx", "tensorrt"]
-    flavour: Literal["ort", "trt"]
+    flavour: Literal["ort", "ort-mha", "trt"]
     opset: int
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     model_kind: Literal["text-to-video", "class-to-video"]

@@ -1,9 +1,12 @@
 """ONNX export of osp's components with the dynamo exporter, each file checked against eager PyTorch.
 
-Two flavours, both with attention as one node:
+Three flavours, all with attention as one node:
 
 * ``ort``: stock operators only. From opset 23 attention is the native ``Attention`` op (ONNX Runtime
   runs it on CPU in fp32 / fp16); below 23 the exporter spells it out as MatMul / Softmax.
+* ``ort-mha``: attention is ONNX Runtime's contrib ``com.microsoft::MultiHeadAttention``, the node its
+  CUDA provider runs with fused flash / memory-efficient kernels (its CPU provider runs it too, which
+  is how the parity check runs here). Key-padding masks go in as its int32 ``key_padding_mask``.
 * ``trt``: attention is the ``osp::attention`` custom node that TensorRT maps to osp's Triton plugin.
   No stock runtime executes it, so these files are checked when TensorRT builds them.
 
@@ -47,7 +50,8 @@ from osp.export.specs import (
 )
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, load_pipeline
 
-Flavour = Literal["ort", "trt"]
+Flavour = Literal["ort", "ort-mha", "trt"]
+ORT_FLAVOURS = ("ort", "ort-mha")  # the flavours ONNX Runtime runs, so the export checks them
 COMPONENTS = ("transformer", "vae_decoder", "vae_encoder", "text_encoder")
 DEFAULT_COMPONENTS = ("transformer", "vae_decoder", "vae_encoder")
 OPSETS = range(18, 26)  # measured: 18..25 export and run; 26 breaks the exporter
@@ -79,11 +83,91 @@ def _ort_attention(
     return y
 
 
+def _contrib_mha() -> Any:
+    """onnxscript's handle on com.microsoft::MultiHeadAttention (v1). The schema lives in ONNX Runtime,
+    not in onnx, and onnxscript traces only ops it has a schema for, so the inputs osp uses are
+    declared here (names and order as ONNX Runtime's contrib-op documentation)."""
+    import onnx
+    import onnxscript
+
+    name, domain = "MultiHeadAttention", "com.microsoft"
+    if onnx.defs.has(name, domain):
+        schema = onnx.defs.get_schema(name, 1, domain)
+    else:
+        param, optional = (
+            onnx.defs.OpSchema.FormalParameter,
+            onnx.defs.OpSchema.FormalParameterOption.Optional,
+        )
+        kinds = onnx.defs.OpSchema.AttrType
+        schema = onnx.defs.OpSchema(
+            name, domain, 1,
+            inputs=[param("query", "T"), param("key", "T", param_option=optional),
+                    param("value", "T", param_option=optional), param("bias", "T", param_option=optional),
+                    param("key_padding_mask", "M", param_option=optional),
+                    param("attention_bias", "T", param_option=optional)],
+            outputs=[param("output", "T")],
+            type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "q, k, v, out"),
+                              ("M", ["tensor(int32)"], "key padding mask, 1 = attend")],
+            attributes=[onnx.defs.OpSchema.Attribute("num_heads", kinds.INT, "heads"),
+                        onnx.defs.OpSchema.Attribute("scale", kinds.FLOAT, "softmax scale")],
+        )  # fmt: skip
+        onnx.defs.register_schema(schema)
+    return onnxscript.values.Op(onnxscript.values.Opset(domain, 1), name, schema)
+
+
+def _mha_attention(
+    query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
+    scale: float | None = None, enable_gqa: bool = False,
+) -> Any:  # fmt: skip
+    """SDPA (B, H, L, d) -> com.microsoft::MultiHeadAttention on (B, L, H*d), and back.
+
+    A (B, 1, 1, Lk) boolean mask (osp's key-padding masks) becomes the node's (B, Lk) int32
+    key_padding_mask, which keeps ONNX Runtime on its fused kernels; any other mask is expanded to an
+    additive (B, 1, Lq, Lk) attention_bias.
+    """
+    import onnx
+    import onnxscript
+
+    op: Any = onnxscript.opset18  # untyped: onnxscript's per-op stubs reject traced values
+    if is_causal:
+        raise ValueError("flavour ort-mha: causal attention is not exported (osp's models have none)")
+    heads, head_dim = query.shape[1], query.shape[3]
+    if not isinstance(heads, int) or not isinstance(head_dim, int):
+        raise ValueError("flavour ort-mha: the head count and head width must be static")
+
+    def merge(x: Any) -> Any:  # (B, H, L, d) -> (B, L, H*d)
+        return op.Reshape(
+            op.Transpose(x, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, heads * head_dim])
+        )
+
+    padding = bias = None
+    if attn_mask is not None and attn_mask.shape[1] == 1 and attn_mask.shape[2] == 1:
+        keys = op.Concat(op.Shape(attn_mask, start=0, end=1), op.Shape(key, start=2, end=3), axis=0)
+        padding = op.Cast(op.Reshape(attn_mask, keys), to=onnx.TensorProto.INT32)
+    elif attn_mask is not None:
+        target = op.Concat(
+            op.Shape(attn_mask, start=0, end=-2), op.Shape(query, start=-2, end=-1),
+            op.Shape(key, start=-2, end=-1), axis=0,
+        )  # fmt: skip
+        # -3e38 is finite in float32, so a masked key's weight is exactly 0 without inf arithmetic;
+        # float16 rounds it to -inf, which is harmless as long as a row keeps one key (osp's always do).
+        bias = op.Where(op.Expand(attn_mask, target), op.CastLike(0.0, query), op.CastLike(-3.0e38, query))
+    out = _contrib_mha()(
+        merge(query), merge(key), merge(value), None, padding, bias,
+        num_heads=heads, scale=scale if scale is not None else head_dim**-0.5,
+    )  # fmt: skip
+    out = op.Reshape(out, op.Constant(value_ints=[0, 0, heads, head_dim]))  # (B, L, H, d)
+    return op.Transpose(out, perm=[0, 2, 1, 3])
+
+
 @contextlib.contextmanager
 def _flavour(flavour: Flavour, opset: int) -> Iterator[dict[Any, Callable[..., Any]] | None]:
     """The translation table for the exporter, with the attention routing the flavour needs."""
     if flavour == "ort":
         yield {torch.ops.aten.scaled_dot_product_attention.default: _ort_attention} if opset >= 23 else None
+        return
+    if flavour == "ort-mha":
+        yield {torch.ops.aten.scaled_dot_product_attention.default: _mha_attention}
         return
     try:
         from osp.kernels.onnx import translation_table
@@ -151,7 +235,7 @@ def export_component(spec: ComponentSpec, folder: Path, *, flavour: Flavour = "o
         sample=spec.sample,
         attention_nodes=count_attention(path),
     )  # fmt: skip
-    if verify and flavour == "ort":
+    if verify and flavour in ORT_FLAVOURS:
         entry = entry.replace(verify=verify_onnx(spec, path))
     return entry
 

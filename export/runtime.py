@@ -102,8 +102,18 @@ class _Exported:
         return {n: feeds[n] for n in names}
 
 
+def _default_providers() -> list[str]:
+    """CUDA when both this onnxruntime build and torch see a GPU, with CPU behind it; else CPU."""
+    import onnxruntime as ort
+
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 class OrtEngine(_Exported):
-    """ONNX Runtime sessions over an ``osp export --target onnx`` folder (CPU unless told otherwise)."""
+    """ONNX Runtime sessions over an ``osp export --target onnx`` folder (on CUDA when onnxruntime-gpu
+    and a GPU are there, else CPU; ``providers`` overrides)."""
 
     name = "onnx"
 
@@ -123,7 +133,7 @@ class OrtEngine(_Exported):
             options.log_severity_level = 3
             if self.threads:
                 options.intra_op_num_threads = self.threads
-            providers = self.providers or ["CPUExecutionProvider"]
+            providers = self.providers or _default_providers()
             self._sessions[component] = ort.InferenceSession(
                 str(self.folder / entry.file), options, providers=providers
             )

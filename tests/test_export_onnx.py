@@ -262,3 +262,34 @@ def test_trt_flavour_holds_one_osp_attention_node_per_call(tmp_path: Path) -> No
         pytest.fail(f"trt flavour export failed: {err}")
     # Self-attention (spatial, temporal) has no mask; cross-attention carries the caption mask.
     assert entry.attention_nodes == {"osp::attention": 2, "osp::attention_masked": 1}
+
+
+def test_ort_mha_flavour_runs_in_onnx_runtime_at_other_shapes(t2v_dir: Path, tmp_path: Path) -> None:
+    """flavour ort-mha: every attention call is one com.microsoft::MultiHeadAttention node (the caption
+    mask as its key_padding_mask), and ONNX Runtime's CPU provider matches eager at other shapes."""
+    pipe = load_pipeline(t2v_dir)
+    spec = transformer_spec(pipe.transformer, (3, 4, 6), 16)
+    entry = export_component(spec, tmp_path, flavour="ort-mha")
+    layers = pipe.transformer.config.num_layers
+    assert entry.attention_nodes == {"com.microsoft::MultiHeadAttention": 3 * layers}
+    assert entry.verify is not None and entry.verify.max_rel < 1e-4
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "transformer.onnx")).graph
+    masked = [n for n in graph.node if n.op_type == "MultiHeadAttention" and len(n.input) > 4 and n.input[4]]
+    assert len(masked) == layers  # the cross-attention of each spatial block
+    inputs = spec.make_inputs(
+        {"batch": 3, "latent_frames": 2, "latent_height": 2, "latent_width": 8, "text_length": 7}, seed=4
+    )
+    inputs[3][0, 3:] = False  # a short caption: padding keys must be ignored
+    assert (
+        _ort_vs_eager(tmp_path / "transformer.onnx", [s.name for s in spec.inputs], spec.module, inputs)
+        < 1e-4
+    )
+
+
+def test_ort_mha_flavour_is_refused_for_tensorrt(t2v_dir: Path, tmp_path: Path) -> None:
+    code, text = run("export", "--model", str(t2v_dir), "--target", "tensorrt", "--flavour", "ort-mha",
+                     "--out", str(tmp_path / "e"))  # fmt: skip
+    assert code == 2 and "TensorRT cannot parse" in text and "Traceback" not in text
+    assert not (tmp_path / "e").exists()
