@@ -8,24 +8,29 @@ spends time in the text encoder), use the same DDIM scheduler settings, the same
 the same number of steps, and stop at the latents (no VAE decode). Runs alternate between the two
 sides; the table reports medians, the ratio osp / diffusers, and the max abs difference of the final
 latents. Weights are diffusers' default random init (seeded), which has no zero-initialised layers.
+
+A third side, "osp compile", is the same osp model with its repeated blocks under torch.compile
+(osp.export.compile, what ``osp generate --engine compile`` runs); its compile time is spent in the
+warm-up run and reported apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine_info, markdown_table, write_results
+from common import machine_info, markdown_table, print_report, write_results
 from diffusers import LattePipeline, LatteTransformer3DModel
 from rich.console import Console
-from rich.table import Table
 
 from osp.diffusion import make_scheduler, sample
 from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V, LatteT2VConfig
+from osp.export.compile import compile_blocks
 from osp.pipelines.text_to_video import model_denoiser
 from osp.text import load_text_encoder
 
@@ -71,9 +76,14 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
     uncond_kw = {"encoder_hidden_states": uncond.states}
     p = ours.config.patch_size
 
-    def run_osp() -> torch.Tensor:
-        return sample(model_denoiser(ours), noise, sampler="ddim", steps=steps, cond=cond_kw, uncond=uncond_kw,
+    compiled = compile_blocks(copy.deepcopy(ours), dynamic=False)
+
+    def run_osp(model: torch.nn.Module = ours) -> torch.Tensor:
+        return sample(model_denoiser(model), noise, sampler="ddim", steps=steps, cond=cond_kw, uncond=uncond_kw,
                       guidance_scale=guidance, learned_sigma=True)  # fmt: skip
+
+    def run_compiled() -> torch.Tensor:
+        return run_osp(compiled)
 
     def run_diffusers() -> torch.Tensor:
         pipe.scheduler = make_scheduler("ddim", steps)
@@ -84,12 +94,15 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
         )  # fmt: skip
         return out[0]
 
-    times: dict[str, list[float]] = {"osp": [], "diffusers": []}
+    times: dict[str, list[float]] = {"osp": [], "diffusers": [], "osp compile": []}
     results: dict[str, torch.Tensor] = {}
     with torch.inference_mode():
         run_osp(), run_diffusers()  # warm-up: allocator, oneDNN primitives
+        start = time.perf_counter()
+        run_compiled()  # compiles the blocks
+        compile_s = time.perf_counter() - start
         for _ in range(repeats):
-            for label, fn in (("diffusers", run_diffusers), ("osp", run_osp)):
+            for label, fn in (("diffusers", run_diffusers), ("osp", run_osp), ("osp compile", run_compiled)):
                 start = time.perf_counter()
                 results[label] = fn()
                 times[label].append(time.perf_counter() - start)
@@ -105,7 +118,10 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
         "seconds": times,
         "median_s": med,
         "ratio_osp_over_diffusers": med["osp"] / med["diffusers"],
+        "ratio_compiled_over_diffusers": med["osp compile"] / med["diffusers"],
+        "compile_and_first_run_s": compile_s,
         "max_abs_diff": (results["osp"] - results["diffusers"]).abs().max().item(),
+        "max_abs_diff_compiled": (results["osp compile"] - results["diffusers"]).abs().max().item(),
         "latent_scale": results["diffusers"].abs().max().item(),
     }
 
@@ -117,6 +133,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=4.5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--note", default="", help="said in the results, e.g. what else shared the machine")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -126,24 +143,16 @@ def main() -> None:
         console.print(f"[bold]{name}[/bold]: {args.repeats} runs per side, {args.steps} DDIM steps")
         cases.append(run_case(name, args.steps, args.guidance, args.repeats, args.seed))
     header = [
-        "model",
-        "params",
-        "video",
-        "steps",
-        "diffusers s",
-        "osp s",
-        "osp / diffusers",
-        "max |Δ| latents",
-    ]
+        "model", "params", "video", "steps", "diffusers s", "osp s", "osp / diffusers", "max |Δ| latents",
+        "osp compile s", "compile / diffusers", "max |Δ| compiled",
+    ]  # fmt: skip
     rows = [
         [c["model"], f"{c['parameters'] / 1e6:.2f}M", c["pixels"], str(c["steps"]), f"{c['median_s']['diffusers']:.2f}",
-         f"{c['median_s']['osp']:.2f}", f"{c['ratio_osp_over_diffusers']:.2f}", f"{c['max_abs_diff']:.1e}"]
+         f"{c['median_s']['osp']:.2f}", f"{c['ratio_osp_over_diffusers']:.2f}", f"{c['max_abs_diff']:.1e}",
+         f"{c['median_s']['osp compile']:.2f}", f"{c['ratio_compiled_over_diffusers']:.2f}",
+         f"{c['max_abs_diff_compiled']:.1e}"]
         for c in cases
     ]  # fmt: skip
-    table = Table(*header)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
     info = machine_info()
     notes = [
         f"Machine: {info.get('cpu')}, {info.get('usable_cores')} cores; torch {torch.__version__}; {info.get('date')}.",
@@ -151,7 +160,13 @@ def main() -> None:
         "alternating runs after one warm-up each; sampling only (latents out, no text encoding, no VAE).",
         "Both sides run the same weights from the same initial latents and caption states; 'max |Δ|' is the "
         "largest difference of the final latents (float32 rounding).",
+        "osp compile: the blocks under torch.compile (inductor, static shapes); compile + first run took "
+        + ", ".join(f"{c['compile_and_first_run_s']:.0f} s ({c['model']})" for c in cases)
+        + ", outside the timed runs.",
     ]
+    if args.note:
+        notes.append(args.note)
+    print_report("Sampling: osp vs diffusers LattePipeline", header, rows, notes)
     markdown = "# Sampling: osp vs diffusers LattePipeline\n\n" + markdown_table(header, rows) + "\n\n"
     markdown += "\n".join(f"- {n}" for n in notes) + "\n"
     write_results(args.out, "generate", {"machine": info, "cases": cases, "notes": notes}, markdown)
