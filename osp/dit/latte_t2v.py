@@ -32,6 +32,7 @@ from osp.io.weights import Pretrained, read_config_json
 from osp.layers.attention import attention
 from osp.layers.dit_blocks import run_block
 from osp.layers.embeddings import RoPE2D, TimestepEmbedding, sincos_1d, sincos_2d, unpatchify
+from osp.layers.norm import modulated_norm
 
 
 class LatteT2VConfig(Config):
@@ -215,7 +216,7 @@ class LatteBlock(nn.Module):
         b, s, length, d = x.shape
         mod = (self.scale_shift_table[None] + t_mod)[:, :, None, None, :]  # (B, 6, 1, 1, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)
-        h = self.norm1(x) * (1 + scale_msa) + shift_msa
+        h = modulated_norm(self.norm1, x, shift_msa, scale_msa)
         h = self.attn1(h.reshape(b * s, length, d), None, key_valid, rope, grid).reshape(b, s, length, d)
         x = x + gate_msa * h
         if self.attn2 is not None and context is not None and context.dim() == 3:
@@ -228,7 +229,7 @@ class LatteBlock(nn.Module):
             valid = None if context_valid is None else context_valid.flatten(0, 1)
             h = self.attn2(x.reshape(b * s, length, d), context.flatten(0, 1), valid)
             x = x + h.reshape(b, s, length, d)
-        h = self.norm2(x) * (1 + scale_mlp) + shift_mlp
+        h = modulated_norm(self.norm2, x, shift_mlp, scale_mlp)
         return x + gate_mlp * self.ff(h)
 
 
@@ -436,7 +437,7 @@ class LatteT2V(Pretrained):
 
         # 3. Final adaLN modulation, projection, unpatchify.
         shift, scale = (self.scale_shift_table[None] + t_emb[:, None]).unbind(1)  # (B, D) each
-        hidden = self.norm_out(hidden) * (1 + scale[:, None, None]) + shift[:, None, None]
+        hidden = modulated_norm(self.norm_out, hidden, shift[:, None, None], scale[:, None, None])
         out = self.proj_out(hidden)  # (B, T, N, p*p*C)
         if token_valid is not None:
             out = out * token_valid

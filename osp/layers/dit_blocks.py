@@ -7,7 +7,10 @@ leading axis after the batch is folded into the batch, and the (B, D) conditioni
 them. Latte thus runs its spatial blocks on (B, T, N, D) and its temporal blocks on (B, N, T, D)
 without repeating the conditioning per frame or per token as the release does.
 
-Layout: modulate -> timestep embedder variant -> attention -> MLP -> block -> final layer -> init.
+adaLN's ``norm(x) * (1 + scale) + shift`` goes through :func:`osp.layers.norm.modulated_norm` (the
+fused kernel on CUDA). ``1 + scale``, not ``scale``, so a zero-initialised modulation is the identity.
+
+Layout: timestep embedder variant -> attention -> MLP -> block -> final layer -> init.
 """
 
 from __future__ import annotations
@@ -21,14 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from osp.layers.attention import attention
 from osp.layers.embeddings import LabelEmbedder, PatchEmbed, TimestepEmbedder
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift``; ``shift`` and ``scale`` must already broadcast against x.
-
-    ``1 + scale`` (not ``scale``) so that a zero-initialised modulation is the identity.
-    """
-    return x * (1 + scale) + shift
+from osp.layers.norm import modulated_norm
 
 
 def _broadcastable(mod: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -95,10 +91,10 @@ class TransformerBlock(nn.Module):
         mods = _broadcastable(self.adaLN_modulation(c), x)  # (B, 1, ..., 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
         length, dim = x.shape[-2:]
-        h = modulate(self.norm1(x), shift_msa, scale_msa)
+        h = modulated_norm(self.norm1, x, shift_msa, scale_msa)
         h = self.attn(h.reshape(-1, length, dim)).reshape(x.shape)  # (B*..., L, D) -> (B, ..., L, D)
         x = x + gate_msa * h
-        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x + gate_mlp * self.mlp(modulated_norm(self.norm2, x, shift_mlp, scale_mlp))
 
 
 class FinalLayer(nn.Module):
@@ -113,7 +109,7 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """x (B, ..., L, D), c (B, D) -> (B, ..., L, p*p*C_out)."""
         shift, scale = _broadcastable(self.adaLN_modulation(c), x).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulated_norm(self.norm_final, x, shift, scale))
 
 
 def initialize_adaln_transformer(
