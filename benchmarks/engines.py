@@ -8,6 +8,8 @@ ratios compare runs made under the same machine load:
 
 * ``torch``: eager PyTorch (float32 on CPU; bf16 on a GPU);
 * ``compile``: regional torch.compile of the transformer blocks (compile time reported apart);
+* ``compile frozen``: the whole transformer compiled with its weights frozen in as constants
+  (``osp generate --engine compile --freeze``; compile time reported apart);
 * ``onnx``: ONNX Runtime (CPU provider here), transformer and VAE decoder;
 * on a GPU with tensorrt installed: ``trt`` engines from the osp-plugin ONNX and from the plain ONNX
   (TensorRT's own attention), fp16.
@@ -82,12 +84,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eager_copy = load_pipeline(model_dir, device=device, dtype=dtype).transformer
     onnx = OrtEngine(work / "onnx", model_dir, threads=args.threads)
     engines: dict[str, Any] = {"torch": TorchEngine(eager_copy), "onnx": onnx}
-    compile_start = time.perf_counter()
+    frozen_copy = load_pipeline(model_dir, device=device, dtype=dtype).transformer
     engines["compile"] = CompiledEngine(pipe.transformer, dynamic=False)
+    engines["compile frozen"] = CompiledEngine(frozen_copy, dynamic=False, freeze=True)
     denoisers = {name: engine.denoiser() for name, engine in engines.items()}
+    compile_s: dict[str, float] = {}
     with torch.inference_mode():
-        denoisers["compile"](x, t, cond)  # compiles the blocks
-        compile_s = time.perf_counter() - compile_start
+        for name in ("compile", "compile frozen"):
+            compile_s[name] = timed(lambda n=name: denoisers[n](x, t, cond))  # compiles
         reference = denoisers["torch"](x, t, cond).float()
         max_diff = {n: (d(x, t, cond).float() - reference).abs().max().item() for n, d in denoisers.items()}
 
@@ -179,12 +183,13 @@ def main() -> None:
         f"Medians: forward of {args.repeats} rounds x 5 calls, generate of {args.generate_repeats} runs; engines "
         "interleaved round by round in one process, so the ratios compare runs under the same load.",
         f"One-off costs, not in the table: ONNX export {result['onnx_export_s']:.0f} s (transformer + VAE "
-        f"decoder, with parity checks), torch.compile of the blocks {result['compile_s']:.0f} s.",
+        f"decoder, with parity checks), torch.compile of the blocks {result['compile_s']['compile']:.0f} s, of the "
+        f"whole model with frozen weights {result['compile_s']['compile frozen']:.0f} s.",
         f"TensorRT: {result['tensorrt']}.",
     ]
     if args.note:
         notes.append(args.note)
-    title = "Engines: eager vs torch.compile vs ONNX Runtime"
+    title = "Engines: eager vs torch.compile (regional, frozen) vs ONNX Runtime"
     print_report(title, header, rows, notes)
     write_results(args.out, "engines", {"machine": info, "result": result, "notes": notes},
                   markdown_report(title, header, rows, notes))  # fmt: skip

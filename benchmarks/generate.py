@@ -9,9 +9,10 @@ the same number of steps, and stop at the latents (no VAE decode). Runs alternat
 sides; the table reports medians, the ratio osp / diffusers, and the max abs difference of the final
 latents. Weights are diffusers' default random init (seeded), which has no zero-initialised layers.
 
-A third side, "osp compile", is the same osp model with its repeated blocks under torch.compile
-(osp.export.compile, what ``osp generate --engine compile`` runs); its compile time is spent in the
-warm-up run and reported apart.
+Two more sides run the same osp model compiled (osp.export.compile): "osp compile", its repeated
+blocks under torch.compile (what ``osp generate --engine compile`` runs), and "osp frozen", the whole
+model compiled with Inductor freezing, weights folded in as constants (``--engine compile --freeze``).
+Their compile time is spent in a warm-up run and reported apart.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rich.console import Console
 
 from osp.diffusion import make_scheduler, sample
 from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V, LatteT2VConfig
-from osp.export.compile import compile_blocks
+from osp.export.compile import compile_blocks, compile_frozen
 from osp.pipelines.text_to_video import model_denoiser
 from osp.text import load_text_encoder
 
@@ -77,6 +78,7 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
     p = ours.config.patch_size
 
     compiled = compile_blocks(copy.deepcopy(ours), dynamic=False)
+    frozen = compile_frozen(copy.deepcopy(ours), dynamic=False)
 
     def run_osp(model: torch.nn.Module = ours) -> torch.Tensor:
         return sample(model_denoiser(model), noise, sampler="ddim", steps=steps, cond=cond_kw, uncond=uncond_kw,
@@ -84,6 +86,9 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
 
     def run_compiled() -> torch.Tensor:
         return run_osp(compiled)
+
+    def run_frozen() -> torch.Tensor:
+        return run_osp(frozen)
 
     def run_diffusers() -> torch.Tensor:
         pipe.scheduler = make_scheduler("ddim", steps)
@@ -94,15 +99,19 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
         )  # fmt: skip
         return out[0]
 
-    times: dict[str, list[float]] = {"osp": [], "diffusers": [], "osp compile": []}
+    sides = (("diffusers", run_diffusers), ("osp", run_osp), ("osp compile", run_compiled),
+             ("osp frozen", run_frozen))  # fmt: skip
+    times: dict[str, list[float]] = {label: [] for label, _ in sides}
     results: dict[str, torch.Tensor] = {}
+    compile_s: dict[str, float] = {}
     with torch.inference_mode():
         run_osp(), run_diffusers()  # warm-up: allocator, oneDNN primitives
-        start = time.perf_counter()
-        run_compiled()  # compiles the blocks
-        compile_s = time.perf_counter() - start
+        for label, fn in sides[2:]:  # compiles
+            start = time.perf_counter()
+            fn()
+            compile_s[label] = time.perf_counter() - start
         for _ in range(repeats):
-            for label, fn in (("diffusers", run_diffusers), ("osp", run_osp), ("osp compile", run_compiled)):
+            for label, fn in sides:
                 start = time.perf_counter()
                 results[label] = fn()
                 times[label].append(time.perf_counter() - start)
@@ -119,9 +128,11 @@ def run_case(name: str, steps: int, guidance: float, repeats: int, seed: int) ->
         "median_s": med,
         "ratio_osp_over_diffusers": med["osp"] / med["diffusers"],
         "ratio_compiled_over_diffusers": med["osp compile"] / med["diffusers"],
+        "ratio_frozen_over_diffusers": med["osp frozen"] / med["diffusers"],
         "compile_and_first_run_s": compile_s,
         "max_abs_diff": (results["osp"] - results["diffusers"]).abs().max().item(),
         "max_abs_diff_compiled": (results["osp compile"] - results["diffusers"]).abs().max().item(),
+        "max_abs_diff_frozen": (results["osp frozen"] - results["diffusers"]).abs().max().item(),
         "latent_scale": results["diffusers"].abs().max().item(),
     }
 
@@ -144,13 +155,15 @@ def main() -> None:
         cases.append(run_case(name, args.steps, args.guidance, args.repeats, args.seed))
     header = [
         "model", "params", "video", "steps", "diffusers s", "osp s", "osp / diffusers", "max |Δ| latents",
-        "osp compile s", "compile / diffusers", "max |Δ| compiled",
+        "osp compile s", "compile / diffusers", "max |Δ| compiled", "osp frozen s", "frozen / diffusers",
+        "max |Δ| frozen",
     ]  # fmt: skip
     rows = [
         [c["model"], f"{c['parameters'] / 1e6:.2f}M", c["pixels"], str(c["steps"]), f"{c['median_s']['diffusers']:.2f}",
          f"{c['median_s']['osp']:.2f}", f"{c['ratio_osp_over_diffusers']:.2f}", f"{c['max_abs_diff']:.1e}",
          f"{c['median_s']['osp compile']:.2f}", f"{c['ratio_compiled_over_diffusers']:.2f}",
-         f"{c['max_abs_diff_compiled']:.1e}"]
+         f"{c['max_abs_diff_compiled']:.1e}", f"{c['median_s']['osp frozen']:.2f}",
+         f"{c['ratio_frozen_over_diffusers']:.2f}", f"{c['max_abs_diff_frozen']:.1e}"]
         for c in cases
     ]  # fmt: skip
     info = machine_info()
@@ -160,9 +173,13 @@ def main() -> None:
         "alternating runs after one warm-up each; sampling only (latents out, no text encoding, no VAE).",
         "Both sides run the same weights from the same initial latents and caption states; 'max |Δ|' is the "
         "largest difference of the final latents (float32 rounding).",
-        "osp compile: the blocks under torch.compile (inductor, static shapes); compile + first run took "
-        + ", ".join(f"{c['compile_and_first_run_s']:.0f} s ({c['model']})" for c in cases)
-        + ", outside the timed runs.",
+        "osp compile: the blocks under torch.compile (inductor, static shapes); osp frozen: the whole model "
+        "compiled with inductor freezing (weights as constants). Compile + first run, outside the timed runs: "
+        + "; ".join(
+            f"{c['model']} " + ", ".join(f"{k} {v:.0f} s" for k, v in c["compile_and_first_run_s"].items())
+            for c in cases
+        )
+        + ".",
     ]
     if args.note:
         notes.append(args.note)

@@ -64,6 +64,9 @@ from osp.cli.common import SIZE, console
     help="compile: torch.compile mode.",
 )
 @click.option("--dynamic/--static", default=False, show_default=True, help="compile: symbolic shapes.")
+@click.option(
+    "--freeze", is_flag=True, help="compile: the whole transformer with its weights frozen in (inference)."
+)
 def export(
     model_dir: Path,
     target: str,
@@ -76,6 +79,7 @@ def export(
     components: str | None,
     mode: str,
     dynamic: bool,
+    freeze: bool,
 ) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
     from osp.errors import ConfigError
@@ -86,9 +90,13 @@ def export(
     if target == "compile":
         from osp.export.compile import check_compiled
 
-        report = check_compiled(model_dir, frames=frames, size=size, mode=mode, dynamic=dynamic)
+        report = check_compiled(
+            model_dir, frames=frames, size=size, mode=mode, dynamic=dynamic, freeze=freeze
+        )
         console.print(report)
         return
+    if freeze:
+        raise ConfigError(f"--freeze: only --target compile freezes weights (this is --target {target})")
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
     if target == "onnx":

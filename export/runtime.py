@@ -21,7 +21,7 @@ from torch import nn
 
 from osp.diffusion import Denoiser
 from osp.errors import ConfigError
-from osp.export.compile import CompileMode, compile_blocks
+from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, model_denoiser
 
@@ -51,14 +51,22 @@ class TorchEngine:
 
 
 class CompiledEngine(TorchEngine):
-    """torch.compile of the repeated transformer blocks (regional; see osp.export.compile)."""
+    """torch.compile of the transformer: its repeated blocks (regional), or with ``freeze`` the whole
+    model with its weights folded in as constants (inference only; see osp.export.compile)."""
 
     name = "compile"
 
     def __init__(
-        self, transformer: nn.Module, mode: CompileMode = "default", dynamic: bool | None = None
+        self,
+        transformer: nn.Module,
+        mode: CompileMode = "default",
+        dynamic: bool | None = None,
+        freeze: bool = False,
     ) -> None:
-        super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic))
+        if freeze:
+            super().__init__(compile_frozen(transformer, mode=mode, dynamic=dynamic))
+        else:
+            super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic))
 
 
 class _Exported:
@@ -221,14 +229,18 @@ def make_engine(
     frames: int | None = None,
     size: tuple[int, int] | None = None,
     compile_mode: CompileMode = "default",
+    freeze: bool = False,
 ) -> TorchEngine | OrtEngine | TrtEngine:
-    """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts."""
+    """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts.
+    ``freeze``: the compile engine compiles the whole transformer with frozen weights."""
     if name not in ENGINES:
         raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
+    if freeze and name != "compile":
+        raise ConfigError(f"--freeze: only the compile engine freezes weights, not {name!r}")
     if name == "torch":
         return TorchEngine(pipe.transformer)
     if name == "compile":
-        return CompiledEngine(pipe.transformer, mode=compile_mode)
+        return CompiledEngine(pipe.transformer, mode=compile_mode, freeze=freeze)
     if engine_dir is None:
         raise ConfigError(f"--engine-dir: the {name} engine runs an exported folder; give --engine-dir DIR")
     engine: OrtEngine | TrtEngine = (

@@ -12,7 +12,7 @@ import torch
 from osp.dit.latte import LATTE_CONFIGS, Latte
 from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
 from osp.export.cache import check_engine, engine_key, plugin_hash, record_path, write_record
-from osp.export.compile import compile_blocks, is_compiled, repeated_blocks
+from osp.export.compile import compile_blocks, compile_frozen, is_compiled, repeated_blocks
 from osp.export.manifest import EngineMismatchError
 from osp.export.specs import transformer_spec, trt_profiles
 
@@ -50,6 +50,26 @@ def test_t2v_blocks_trace_as_one_graph_each() -> None:
                         (temporal, (torch.randn(b, n, t, d), t_mod, None, None, None, None, None))):  # fmt: skip
         explanation = torch._dynamo.explain(block)(*args)
         assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    torch._dynamo.reset()
+
+
+def test_frozen_compile_matches_eager_and_holds_the_weights_it_was_compiled_with() -> None:
+    """The whole LatteT2V under one graph (fullgraph: a break would raise) with Inductor freezing: equal to
+    eager with gradients off; and the weights are constants of the compiled code, so changing the model's
+    weights afterwards changes eager outputs but not the frozen ones."""
+    torch.manual_seed(0)
+    model = _randomise(LatteT2V(LATTE_T2V_CONFIGS["latte-t2v-tiny"]))
+    spec = transformer_spec(model, (3, 4, 4), text_length=7)
+    inputs = spec.make_inputs(spec.sample, seed=1)
+    frozen = compile_frozen(model)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        expected = model(*inputs)
+        torch.testing.assert_close(frozen(*inputs), expected, rtol=1e-4, atol=1e-5)
+        model.proj_out.weight.mul_(2.0)
+        changed = model(*inputs)
+        assert (changed - expected).abs().max() > 1e-3
+        torch.testing.assert_close(frozen(*inputs), expected, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
 
 

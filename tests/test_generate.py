@@ -77,6 +77,7 @@ def test_cli_options_override_the_model_defaults(tmp_path: Path, t2v_dir: Path) 
         (["--sampler", "warp"], "sampler: 'warp' is unknown"),
         (["--class-label", "3"], "text-to-video model"),
         (["-o", "x.avi"], "must end in .mp4"),
+        (["--freeze"], "--freeze: only --engine compile"),
     ],
 )
 def test_generate_bad_input(tmp_path: Path, t2v_dir: Path, args: list[str], message: str) -> None:

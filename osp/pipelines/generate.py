@@ -36,6 +36,7 @@ class GenerateConfig(Config):
     out: Path = Path("out.mp4")
     engine: Literal["torch", "compile", "onnx", "trt"] = "torch"
     engine_dir: Path | None = None
+    freeze: bool = Field(False, description="compile engine: whole model, weights frozen in")
     frames: int | None = Field(None, gt=0)
     size: tuple[int, int] | None = None
     steps: int | None = Field(None, gt=0)
