@@ -22,10 +22,11 @@ osp vae calibrate "$runs/vae/ema" $(ls "$runs"/synth-dit/clips/*.mp4 | head -64)
 # 3. Latents and caption states, once; then the transformer.
 [ -d "$runs/features" ] || osp extract --config configs/demo/dit.yaml
 osp train --config configs/demo/dit.yaml
+osp train --config configs/demo/dit-continue.yaml  # stage 2, from stage 1's EMA weights
 
 # 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
 [ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
-osp models assemble --transformer "$runs/dit/ema" --vae "$runs/vae/ema" -o "$runs/osp-demo-t2v"
+osp models assemble --transformer "$runs/dit-continue/ema" --vae "$runs/vae/ema" -o "$runs/osp-demo-t2v"
 for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
     osp reconstruct "$clip" --vae "$runs/vae/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
 done

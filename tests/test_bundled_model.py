@@ -53,10 +53,28 @@ def test_generate_with_the_bundled_model(generated: Path) -> None:
     assert seen.background == "black" and seen.object_frames >= 15, seen
 
 
+@pytest.fixture(scope="module")
+def four_seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The README prompt with seeds 0-3 (several prompts: clip i uses seed + i)."""
+    out = tmp_path_factory.mktemp("bundled4") / "clip.mp4"
+    result = CliRunner().invoke(cli, ["generate", *[PROMPT] * 4, "-o", str(out), "--seed", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    return [out.with_name(f"clip_{i}.mp4") for i in range(4)]
+
+
+def test_bundled_model_mostly_follows_colour_and_direction(four_seeds: list[Path]) -> None:
+    """What the shipped weights draw for the README prompt over four seeds today: a red object in at
+    least three clips and motion to the left in at least two, always on black."""
+    seen = [measure(read_video(path).frames) for path in four_seeds]
+    assert all(s.background == "black" for s in seen), seen
+    assert sum(s.color == "red" for s in seen) >= 3, seen
+    assert sum(s.direction == "left" for s in seen) >= 2, seen
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="the bundled demo transformer is undertrained (1,200 CPU steps): it draws coloured shapes, but "
-    "follows the asked colour in about a quarter of clips and direction rarely (README, 'The bundled model')",
+    reason="the bundled demo transformer is still undertrained (5,100 CPU steps): for seed 0 its colour "
+    "drifts over the clip and the object moves right (README, 'The bundled model')",
 )
 def test_bundled_model_follows_colour_and_direction(generated: Path) -> None:
     seen = measure(read_video(generated).frames)
