@@ -70,9 +70,9 @@ def compile_frozen(
 ) -> nn.Module:
     """``model`` compiled whole with Inductor freezing (weights as constants), for inference only.
 
-    Returns a wrapper (``model`` itself is left as it is); call it under ``torch.no_grad()`` or
-    ``torch.inference_mode()``, which is how the samplers call a denoiser. With gradients on, Inductor
-    does not freeze and the result is an ordinary compiled model. ``mode`` and ``dynamic`` as
+    Returns a wrapper (``model`` is switched to eval mode, nothing else); call it under
+    ``torch.no_grad()`` or ``torch.inference_mode()``, as the samplers call a denoiser. With gradients
+    on, Inductor does not freeze and the result is an ordinary compiled model. ``mode`` and ``dynamic`` as
     :func:`compile_blocks`; ``fullgraph=True`` makes a graph break an error.
     """
     # torch.compile types its result as a callable; for a module it is an OptimizedModule (a Module).
