@@ -211,7 +211,7 @@ def export_component(spec: ComponentSpec, folder: Path, *, flavour: Flavour = "o
         with _quiet(), torch.no_grad(), _flavour(flavour, opset) as table:
             # torch.export first, on its own: it refuses (instead of silently specialising) a model
             # whose code pins a dynamic axis, and says which axis and why. Strict (dynamo) tracing,
-            # because it sees through the lru_cache around the sin-cos position tables.
+            # under which the sin-cos position tables are built in the graph, not taken from their cache.
             exported = torch.export.export(
                 spec.module, inputs, dynamic_shapes=spec.dynamic_shapes(), strict=True
             )

@@ -287,10 +287,7 @@ class LatteT2V(Pretrained):
         """(h*w, D) sin-cos positions of an h x w token grid, PixArt-normalised to the training grid."""
         cfg = self.config
         scale = cfg.interpolation_scale or max(cfg.sample_size // 64, 1)
-        # The cache serves eager calls; a compiled graph computes the table once as a constant, and
-        # tracing the uncached function spares Dynamo's warning about cache wrappers.
-        table = sincos_2d.__wrapped__ if torch.compiler.is_compiling() else sincos_2d
-        return table(
+        return sincos_2d(
             cfg.inner_dim, h, w, base_size=cfg.sample_size // cfg.patch_size, interpolation_scale=scale
         )
 

@@ -108,7 +108,6 @@ def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
-@functools.lru_cache(maxsize=16)
 def sincos_2d(
     dim: int, height: int, width: int, base_size: int | None = None, interpolation_scale: float = 1.0
 ) -> torch.Tensor:
@@ -119,8 +118,17 @@ def sincos_2d(
     trained position range (positional interpolation).
 
     Tables are cached (a transformer asks for the same grid at every sampling step): the returned
-    tensor is shared, so callers must not modify it in place.
+    tensor is shared, so callers must not modify it in place. Under torch.compile the table is built
+    uncached: the compiled graph computes it once as a constant, and Dynamo would otherwise warn that it
+    sees through the cache wrapper.
     """
+    table = _sincos_2d if torch.compiler.is_compiling() else _sincos_2d_cached
+    return table(dim, height, width, base_size, interpolation_scale)
+
+
+def _sincos_2d(
+    dim: int, height: int, width: int, base_size: int | None, interpolation_scale: float
+) -> torch.Tensor:
     rows = torch.arange(height, dtype=torch.float64)
     cols = torch.arange(width, dtype=torch.float64)
     if base_size is not None:
@@ -128,6 +136,9 @@ def sincos_2d(
     rows, cols = rows / interpolation_scale, cols / interpolation_scale
     grid_r, grid_c = torch.meshgrid(rows, cols, indexing="ij")  # (h, w) each
     return torch.cat([sincos_1d(dim // 2, grid_c), sincos_1d(dim // 2, grid_r)], dim=1).float()
+
+
+_sincos_2d_cached = functools.lru_cache(maxsize=16)(_sincos_2d)
 
 
 class RoPE2D(nn.Module):
