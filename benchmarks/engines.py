@@ -8,9 +8,12 @@ ratios compare runs made under the same machine load:
 
 * ``torch``: eager PyTorch (float32 on CPU; bf16 on a GPU);
 * ``compile``: regional torch.compile of the transformer blocks (compile time reported apart);
-* ``compile frozen``: the whole transformer compiled with its weights frozen in as constants
-  (``osp generate --engine compile --freeze``; compile time reported apart);
+* ``compile frozen``: the whole transformer and the VAE decoder compiled with their weights frozen
+  in as constants (``osp generate --engine compile --freeze``; compile time reported apart);
 * ``onnx``: ONNX Runtime (CPU provider here), transformer and VAE decoder;
+* on a CPU with bf16 matrix instructions (AVX512-BF16, AMX): ``torch bf16`` and ``compile frozen
+  bf16``, the whole pipeline in bf16; each engine's speed-up is quoted against eager PyTorch at the
+  same precision (the engine's own gain) and against eager float32;
 * on a GPU with tensorrt installed: ``trt`` engines from the osp-plugin ONNX and from the plain ONNX
   (TensorRT's own attention), fp16.
 
@@ -61,6 +64,14 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def cpu_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays."""
+    import torch.cpu
+
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # torch.cpu helpers since torch 2.3
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="osp-engines-"))
     model_dir = make_model(work / "model", args.model, args.frames, args.size, args.seed)
@@ -70,49 +81,83 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     export_onnx(model_dir, work / "onnx", components=["transformer", "vae_decoder"])
     export_s = time.perf_counter() - export_start
 
-    pipe = load_pipeline(model_dir, device=device, dtype=dtype)
-    assert isinstance(pipe, TextToVideo)
-    (spec,) = component_specs(pipe, args.frames, args.size, ["transformer"])
-    inputs = [t.to(device) for t in spec.make_inputs(spec.sample, seed=1)]
-    inputs = [t.to(dtype) if t.is_floating_point() else t for t in inputs]
-    x, t, cond = (
-        inputs[0],
-        inputs[1],
-        {"encoder_hidden_states": inputs[2], "encoder_attention_mask": inputs[3]},
-    )
+    # Every engine gets its own copy of the pipeline in its precision; the sampler, VAE and text
+    # encoder of that copy run the generate timings, so a row differs from its baseline only by engine.
+    def pipeline(precision: torch.dtype) -> TextToVideo:
+        pipe = load_pipeline(model_dir, device=device, dtype=precision)
+        assert isinstance(pipe, TextToVideo)
+        return pipe
 
-    eager_copy = load_pipeline(model_dir, device=device, dtype=dtype).transformer
-    onnx = OrtEngine(work / "onnx", model_dir, threads=args.threads)
-    engines: dict[str, Any] = {"torch": TorchEngine(eager_copy), "onnx": onnx}
-    frozen_copy = load_pipeline(model_dir, device=device, dtype=dtype).transformer
-    engines["compile"] = CompiledEngine(pipe.transformer, dynamic=False)
-    engines["compile frozen"] = CompiledEngine(frozen_copy, dynamic=False, freeze=True)
-    denoisers = {name: engine.denoiser() for name, engine in engines.items()}
+    rows: dict[str, tuple[torch.dtype, Any, TextToVideo]] = {}
+    pipe = pipeline(dtype)
+    rows["torch"] = (dtype, TorchEngine(pipe.transformer), pipe)
+    rows["onnx"] = (dtype, OrtEngine(work / "onnx", model_dir, threads=args.threads), pipeline(dtype))
+    regional = pipeline(dtype)
+    rows["compile"] = (dtype, CompiledEngine(regional.transformer, dynamic=False), regional)
+    frozen = pipeline(dtype)
+    rows["compile frozen"] = (
+        dtype,
+        CompiledEngine(frozen.transformer, dynamic=False, freeze=True, vae=frozen.vae),
+        frozen,
+    )
+    bf16 = device == "cpu" and args.bf16 and cpu_bf16()
+    if bf16:  # the same engines at the other precision the CPU runs natively
+        low = pipeline(torch.bfloat16)
+        rows["torch bf16"] = (torch.bfloat16, TorchEngine(low.transformer), low)
+        low_frozen = pipeline(torch.bfloat16)
+        engine = CompiledEngine(low_frozen.transformer, dynamic=False, freeze=True, vae=low_frozen.vae)
+        rows["compile frozen bf16"] = (torch.bfloat16, engine, low_frozen)
+    baseline = {
+        name: "torch bf16" if precision != dtype else "torch" for name, (precision, _, _) in rows.items()
+    }
+
+    (spec,) = component_specs(pipe, args.frames, args.size, ["transformer"])
+    sample = [tensor.to(device) for tensor in spec.make_inputs(spec.sample, seed=1)]
+
+    def inputs(precision: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        x, t, states, mask = (
+            tensor.to(precision) if tensor.is_floating_point() else tensor for tensor in sample
+        )
+        return x, t, {"encoder_hidden_states": states, "encoder_attention_mask": mask}
+
+    calls = {name: (engine.denoiser(), inputs(precision)) for name, (precision, engine, _) in rows.items()}
     compile_s: dict[str, float] = {}
     with torch.inference_mode():
-        for name in ("compile", "compile frozen"):
-            compile_s[name] = timed(lambda n=name: denoisers[n](x, t, cond))  # compiles
-        reference = denoisers["torch"](x, t, cond).float()
-        max_diff = {n: (d(x, t, cond).float() - reference).abs().max().item() for n, d in denoisers.items()}
+        for name, (denoise, (x, t, cond)) in calls.items():
+            if name.startswith("compile"):
+                compile_s[name] = timed(lambda d=denoise, a=(x, t, cond): d(*a))  # compiles
+        outputs = {name: denoise(*args_).float() for name, (denoise, args_) in calls.items()}
+    max_diff = {name: (out - outputs["torch"]).abs().max().item() for name, out in outputs.items()}
+    max_diff_baseline = {
+        name: (out - outputs[baseline[name]]).abs().max().item() for name, out in outputs.items()
+    }
 
-    forward: dict[str, list[float]] = {name: [] for name in engines}
-    generate: dict[str, list[float]] = {name: [] for name in engines}
+    forward: dict[str, list[float]] = {name: [] for name in rows}
+    generate: dict[str, list[float]] = {name: [] for name in rows}
     with torch.inference_mode():
         for _ in range(args.repeats):  # interleaved: every engine sees the same machine load
-            for name, denoise in denoisers.items():
+            for name, (denoise, args_) in calls.items():
                 forward[name].append(
-                    statistics.median(timed(lambda d=denoise: d(x, t, cond)) for _ in range(5))
+                    statistics.median(timed(lambda d=denoise, a=args_: d(*a)) for _ in range(5))
                 )
-        for name, engine in engines.items():  # warm-up: the sampler's timestep dtype may recompile once
-            pipe.generate([PROMPT], steps=1, seed=0, denoiser=denoisers[name], decoder=engine.decoder())
+        hooks = {
+            name: dict(denoiser=calls[name][0], decoder=engine.decoder())
+            for name, (_, engine, _) in rows.items()
+        }
+        for name, hook in hooks.items():  # an engine's own decoder compiles on its first clip
+            if hook["decoder"] is not None and name.startswith("compile"):
+                latents = calls[name][1][0][:1]
+                compile_s[f"{name} (VAE decoder)"] = timed(lambda h=hook, z=latents: h["decoder"](z))
+        for name, (_, _, owner) in rows.items():  # warm-up: the sampler's timestep dtype may recompile once
+            owner.generate([PROMPT], steps=1, seed=0, **hooks[name])
         for _ in range(args.generate_repeats):
-            for name, engine in engines.items():
-                hooks = dict(denoiser=denoisers[name], decoder=engine.decoder())
+            for name, (_, _, owner) in rows.items():
                 generate[name].append(
-                    timed(lambda h=hooks: pipe.generate([PROMPT], steps=args.steps, seed=0, **h))
+                    timed(lambda o=owner, h=hooks[name]: o.generate([PROMPT], steps=args.steps, seed=0, **h))
                 )
     med_f = {n: statistics.median(v) for n, v in forward.items()}
     med_g = {n: statistics.median(v) for n, v in generate.items()}
+    x = calls["torch"][1][0]
     return {
         "model": args.model,
         "parameters": sum(p.numel() for p in pipe.transformer.parameters()),
@@ -120,6 +165,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "latents": list(x.shape),
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
+        "dtypes": {name: str(precision).removeprefix("torch.") for name, (precision, _, _) in rows.items()},
+        "baseline": baseline,
+        "cpu_bf16": cpu_bf16() if device == "cpu" else None,
         "steps": args.steps,
         "onnx_export_s": export_s,
         "compile_s": compile_s,
@@ -129,7 +177,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "median_generate_s": med_g,
         "speedup_forward_vs_torch": {n: med_f["torch"] / v for n, v in med_f.items()},
         "speedup_generate_vs_torch": {n: med_g["torch"] / v for n, v in med_g.items()},
+        "speedup_forward_vs_baseline": {n: med_f[baseline[n]] / v for n, v in med_f.items()},
+        "speedup_generate_vs_baseline": {n: med_g[baseline[n]] / v for n, v in med_g.items()},
         "max_abs_diff_forward_vs_torch": max_diff,
+        "max_abs_diff_forward_vs_baseline": max_diff_baseline,
         "tensorrt": "not run: tensorrt is not installed here" if not _has_tensorrt() else "see trt rows",
     }
 
@@ -151,6 +202,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--generate-repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On a CPU with bf16 matrix instructions, also time eager and frozen compile in bf16.",
+    )
     parser.add_argument("--threads", type=int, default=None, help="Threads for PyTorch and ONNX Runtime.")
     parser.add_argument("--note", default="", help="Said in the results, e.g. what else shared the machine.")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -160,18 +217,25 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     result = run(args)
     info = machine_info()
+    ref = result["dtype"]
     header = [
         "engine",
+        "dtype",
         "forward ms",
-        "forward vs torch",
+        "forward vs eager (same dtype)",
+        f"forward vs eager {ref}",
         "generate s",
-        "generate vs torch",
-        "max |Δ| forward",
+        "generate vs eager (same dtype)",
+        f"generate vs eager {ref}",
+        "max |Δ| forward vs eager (same dtype)",
+        f"max |Δ| forward vs eager {ref}",
     ]
     rows = [
-        [name, f"{result['median_forward_s'][name] * 1e3:.1f}", f"{result['speedup_forward_vs_torch'][name]:.2f}x",
-         f"{result['median_generate_s'][name]:.2f}", f"{result['speedup_generate_vs_torch'][name]:.2f}x",
-         f"{result['max_abs_diff_forward_vs_torch'][name]:.1e}"]
+        [name, result["dtypes"][name], f"{result['median_forward_s'][name] * 1e3:.1f}",
+         f"{result['speedup_forward_vs_baseline'][name]:.2f}x", f"{result['speedup_forward_vs_torch'][name]:.2f}x",
+         f"{result['median_generate_s'][name]:.2f}",
+         f"{result['speedup_generate_vs_baseline'][name]:.2f}x", f"{result['speedup_generate_vs_torch'][name]:.2f}x",
+         f"{result['max_abs_diff_forward_vs_baseline'][name]:.1e}", f"{result['max_abs_diff_forward_vs_torch'][name]:.1e}"]
         for name in result["median_forward_s"]
     ]  # fmt: skip
     device = info.get("gpu") or f"{info.get('cpu')}, {info.get('usable_cores')} cores"
@@ -179,17 +243,29 @@ def main() -> None:
         f"Device: {device}; torch {torch.__version__}; {info.get('date')}.",
         f"{result['model']} ({result['parameters'] / 1e6:.2f}M parameters), causalvae-small decoder, "
         f"{result['video']} video, latents {result['latents']} (batch 2 = classifier-free guidance), "
-        f"{result['dtype']}; generate = MiniLM prompt encoding + {result['steps']} DDIM steps + VAE decode.",
+        f"{result['dtype']} unless the row says bf16; generate = MiniLM prompt encoding + {result['steps']} DDIM steps + VAE decode.",
         f"Medians: forward of {args.repeats} rounds x 5 calls, generate of {args.generate_repeats} runs; engines "
         "interleaved round by round in one process, so the ratios compare runs under the same load.",
         f"One-off costs, not in the table: ONNX export {result['onnx_export_s']:.0f} s (transformer + VAE "
-        f"decoder, with parity checks), torch.compile of the blocks {result['compile_s']['compile']:.0f} s, of the "
-        f"whole model with frozen weights {result['compile_s']['compile frozen']:.0f} s.",
+        "decoder, with parity checks); torch.compile (blocks for `compile`, the whole model with frozen weights "
+        "for `compile frozen`): "
+        + ", ".join(f"{name} {sec:.0f} s" for name, sec in result["compile_s"].items())
+        + ".",
         f"TensorRT: {result['tensorrt']}.",
     ]
+    if result["cpu_bf16"] is not None:
+        notes.append(
+            "bf16 rows: the whole pipeline (text encoder, transformer, VAE) loaded in bf16 and compared with eager "
+            "bf16, the same precision; this CPU "
+            + (
+                "has native bf16 matrix instructions (AVX512-BF16/AMX)."
+                if result["cpu_bf16"]
+                else "lacks native bf16 matrix instructions, so bf16 rows were not run."
+            )
+        )
     if args.note:
         notes.append(args.note)
-    title = "Engines: eager vs torch.compile (regional, frozen) vs ONNX Runtime"
+    title = "Engines: eager vs torch.compile (regional, frozen) vs ONNX Runtime, same-precision ratios"
     print_report(title, header, rows, notes)
     write_results(args.out, "engines", {"machine": info, "result": result, "notes": notes},
                   markdown_report(title, header, rows, notes))  # fmt: skip

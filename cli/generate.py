@@ -43,8 +43,9 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
 @click.option(
     "--freeze",
     is_flag=True,
-    help="--engine compile: compile the whole transformer with its weights frozen in as constants "
-    "(longer compile, faster steps; on CPU the matmuls run pre-packed for oneDNN).",
+    help="--engine compile: compile the whole transformer and the VAE decoder with their weights frozen in "
+    "as constants (longer compile, faster steps and decode; on CPU the matmuls and convolutions run "
+    "pre-packed for oneDNN).",
 )
 @click.option(
     "--frames", type=click.IntRange(min=1), default=None, help="Frames (4n+1); default from the model."

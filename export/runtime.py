@@ -23,7 +23,10 @@ from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
+from osp.export.specs import VaeDecoder
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, model_denoiser
+from osp.vae import CausalVideoVAE
+from osp.vae.tiling import TilingConfig
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 EngineName = Literal["torch", "compile", "onnx", "trt"]
@@ -52,7 +55,13 @@ class TorchEngine:
 
 class CompiledEngine(TorchEngine):
     """torch.compile of the transformer: its repeated blocks (regional), or with ``freeze`` the whole
-    model with its weights folded in as constants (inference only; see osp.export.compile)."""
+    model with its weights folded in as constants (inference only; see osp.export.compile).
+
+    With ``freeze`` and a ``vae``, the VAE decoder is compiled with frozen weights too: at sampling
+    sizes the decode costs as much as the denoising steps together (a 17x128x128 clip: 2.4 s eager,
+    1.5 s frozen on a 2-core CPU). A clip larger than one decode tile is decoded tile by tile, eagerly,
+    so memory stays bounded as with the torch engine.
+    """
 
     name = "compile"
 
@@ -62,11 +71,29 @@ class CompiledEngine(TorchEngine):
         mode: CompileMode = "default",
         dynamic: bool | None = None,
         freeze: bool = False,
+        vae: CausalVideoVAE | None = None,
     ) -> None:
         if freeze:
             super().__init__(compile_frozen(transformer, mode=mode, dynamic=dynamic))
         else:
             super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic))
+        self.vae = vae if freeze else None
+        self._decode = compile_frozen(VaeDecoder(vae), mode=mode, dynamic=dynamic) if self.vae else None
+
+    def decoder(self) -> Decoder | None:
+        vae, compiled = self.vae, self._decode
+        if vae is None or compiled is None:
+            return None
+        dtype = next(vae.parameters()).dtype
+        tile = TilingConfig()
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            latents = latents.to(dtype)
+            if latents.shape[2] > tile.latent_frames or max(latents.shape[3:]) > tile.latent_size:
+                return vae.decode_latents(latents, tile)
+            return compiled(latents)
+
+        return decode
 
 
 class _Exported:
@@ -232,7 +259,7 @@ def make_engine(
     freeze: bool = False,
 ) -> TorchEngine | OrtEngine | TrtEngine:
     """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts.
-    ``freeze``: the compile engine compiles the whole transformer with frozen weights."""
+    ``freeze``: the compile engine compiles the whole transformer and the VAE decoder with frozen weights."""
     if name not in ENGINES:
         raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
     if freeze and name != "compile":
@@ -240,7 +267,7 @@ def make_engine(
     if name == "torch":
         return TorchEngine(pipe.transformer)
     if name == "compile":
-        return CompiledEngine(pipe.transformer, mode=compile_mode, freeze=freeze)
+        return CompiledEngine(pipe.transformer, mode=compile_mode, freeze=freeze, vae=pipe.vae)
     if engine_dir is None:
         raise ConfigError(f"--engine-dir: the {name} engine runs an exported folder; give --engine-dir DIR")
     engine: OrtEngine | TrtEngine = (

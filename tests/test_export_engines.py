@@ -73,6 +73,35 @@ def test_frozen_compile_matches_eager_and_holds_the_weights_it_was_compiled_with
     torch._dynamo.reset()
 
 
+def test_frozen_engine_decodes_like_the_vae_and_tiles_large_clips_eagerly() -> None:
+    """The compile engine with ``freeze`` also compiles the VAE decoder with frozen weights: its decode of
+    a clip within one tile equals the VAE's own ``decode_latents`` (the reference), and frozen means a
+    later weight change is not seen; a clip larger than one tile goes through the VAE's tiled decode."""
+    from osp.export.runtime import CompiledEngine
+    from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
+    from osp.vae.tiling import TilingConfig
+
+    torch.manual_seed(0)
+    vae = _randomise(CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]))
+    transformer = LatteT2V(LATTE_T2V_CONFIGS["latte-t2v-tiny"]).eval()
+    decode = CompiledEngine(transformer, freeze=True, vae=vae).decoder()
+    assert (
+        decode is not None and CompiledEngine(transformer).decoder() is None
+    )  # regional: the VAE stays eager
+    small = torch.randn(1, vae.latent_channels, 3, 4, 4)
+    large = torch.randn(1, vae.latent_channels, 2, 40, 4)  # 40 latents wide: wider than one 32-latent tile
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        expected = vae.decode_latents(small)
+        torch.testing.assert_close(decode(small), expected, rtol=1e-4, atol=1e-5)
+        tiled = vae.decode_latents(large, TilingConfig())
+        torch.testing.assert_close(decode(large), tiled)
+        vae.decoder.conv_out.conv.weight.mul_(2.0)
+        assert (vae.decode_latents(small) - expected).abs().max() > 1e-3
+        torch.testing.assert_close(decode(small), expected, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+
+
 def _key(**changes: object) -> str:
     base: dict[str, object] = dict(
         graph_sha256="g", weights_sha256="w", precision="fp16", tensorrt_version="10.8.0", gpu="NVIDIA H100",
