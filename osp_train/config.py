@@ -81,6 +81,9 @@ class TrainConfig(Config):
     # ``model_overrides`` replaces config fields (e.g. ``caption_channels: 384``).
     model: str = "latte-tiny"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
+    # Parameters kept fixed: module-name prefixes of the model (e.g. ``[encoder, quant_conv]`` fine-tunes a
+    # VAE's decoder alone, so the latents a transformer was trained on stay the same; ``[pos_embed]``).
+    freeze: list[str] = Field(default_factory=list)
     objective: Literal["iddpm", "flow"] = "iddpm"
     diffusion: GaussianConfig = GaussianConfig()
     flow: FlowConfig = FlowConfig()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from rich.console import Console
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from osp.diffusion import GaussianDiffusion, flow, sample_timesteps
@@ -261,6 +262,24 @@ def _dit_task(cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> Tas
     return Task(model, step, sample=sampler)
 
 
+def freeze_parameters(model: nn.Module, prefixes: list[str]) -> int:
+    """Turn off gradients for every parameter under a module-name prefix; returns how many were frozen.
+    A prefix that names no module of the model is a config error (a typo would silently train it)."""
+    names = {name for name, _ in model.named_modules() if name}
+    for prefix in prefixes:
+        if prefix not in names:
+            near = sorted(n for n in names if "." not in n)
+            raise ConfigError(
+                f"freeze: {prefix!r} is not a module of the model; its top-level modules: {', '.join(near)}"
+            )
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(name == p or name.startswith(p + ".") for p in prefixes) and param.requires_grad:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = None) -> TrainSummary:
     """Run (or resume) the training ``cfg`` describes, in this process of the process group."""
     info: DistInfo = init_distributed()
@@ -279,6 +298,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         if cfg.sample_every:
             task = replace(task, sample=reconstruction_sampler(cfg))
     model = task.model
+    freeze_parameters(model, cfg.freeze)
     # Before DeepSpeed casts the module to bf16: the EMA keeps fp32 weights.
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if main else None
     engine = build_engine(cfg, model, info.world_size)

@@ -117,6 +117,36 @@ def test_vqvae_lowers_its_loss(clips: Path, tmp_path: Path) -> None:
     assert VQVAE.from_pretrained(out / "ema").config.n_codes == 64
 
 
+def test_freeze_keeps_the_encoder_while_the_decoder_learns(clips: Path, tmp_path: Path) -> None:
+    """``freeze: [encoder, quant_conv]`` fine-tunes the decoder alone: the encoder's weights (hence the
+    latents a transformer was trained on) come out bit-identical in the trained and EMA folders."""
+    from osp.vae import CAUSAL_VAE_CONFIGS
+
+    torch.manual_seed(0)
+    start = CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]).save_pretrained(tmp_path / "start")
+    initial = load_safetensors(start / "model.safetensors")
+    out = tmp_path / "run"
+    config = write_config(
+        clips, out, model=str(start), steps=4, log_every=2, freeze=["encoder", "quant_conv"]
+    )
+    result = cli("--config", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for folder in ("model", "ema"):
+        weights = load_safetensors(out / folder / "model.safetensors")
+        kept = [k for k in initial if k.startswith(("encoder.", "quant_conv."))]
+        assert kept and all(torch.equal(weights[k], initial[k]) for k in kept), folder
+        moved = [k for k in initial if k.startswith("decoder.") and not torch.equal(weights[k], initial[k])]
+        assert moved, f"{folder}: no decoder weight changed"
+
+    result = cli(
+        "--config", str(config), "--set", "freeze=[encodr]", "--set", f"out={tmp_path / 'bad'}", "--quiet"
+    )
+    assert result.returncode == 2 and "freeze" in result.stderr and "encodr" in result.stderr, result.stderr[
+        -2000:
+    ]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
