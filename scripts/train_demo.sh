@@ -18,18 +18,21 @@ osp train --config configs/demo/vae.yaml
 
 # Unit-variance latents for the transformer: scaling_factor = 1 / std over 64 training clips.
 osp vae calibrate "$runs/vae/ema" $(ls "$runs"/synth-dit/clips/*.mp4 | head -64)
+# Then the decoder alone (encoder frozen: the latents, and their scaling_factor, stay the same).
+osp train --config configs/demo/vae-decoder.yaml
 
 # 3. Latents and caption states, once; then the transformer.
 [ -d "$runs/features" ] || osp extract --config configs/demo/dit.yaml
 osp train --config configs/demo/dit.yaml
 osp train --config configs/demo/dit-continue.yaml  # stage 2, from stage 1's EMA weights
+osp train --config configs/demo/dit-stage3.yaml    # stage 3, from stage 2's EMA weights
 
 # 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
 [ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
-osp models assemble --transformer "$runs/dit-continue/ema" --vae "$runs/vae/ema" -o "$runs/osp-demo-t2v"
+osp models assemble --transformer "$runs/dit-stage3/ema" --vae "$runs/vae-decoder/ema" -o "$runs/osp-demo-t2v"
 for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
-    osp reconstruct "$clip" --vae "$runs/vae/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
+    osp reconstruct "$clip" --vae "$runs/vae-decoder/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
 done
-osp reconstruct "$(osp samples bigbuckbunny)" --vae "$runs/vae/ema" --frames 17 --size 64 -o "$runs/recon/bigbuckbunny.mp4"
+osp reconstruct "$(osp samples bigbuckbunny)" --vae "$runs/vae-decoder/ema" --frames 17 --size 64 -o "$runs/recon/bigbuckbunny.mp4"
 osp eval adherence --model "$runs/osp-demo-t2v" --seeds 4 --split all --out "$runs/eval"
 echo "copy $runs/osp-demo-t2v to osp/models/osp-demo-t2v to bundle it"

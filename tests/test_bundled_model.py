@@ -62,21 +62,18 @@ def four_seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [out.with_name(f"clip_{i}.mp4") for i in range(4)]
 
 
-def test_bundled_model_mostly_follows_colour_and_direction(four_seeds: list[Path]) -> None:
-    """What the shipped weights draw for the README prompt over four seeds today: a red object in at
-    least three clips and motion to the left in at least two, always on black."""
+def test_bundled_model_follows_the_prompt_over_four_seeds(four_seeds: list[Path]) -> None:
+    """What the shipped weights draw for the README prompt over four seeds: on this release all four are a
+    red circle moving left on black; one miss per attribute is allowed for CPUs that round differently."""
     seen = [measure(read_video(path).frames) for path in four_seeds]
     assert all(s.background == "black" for s in seen), seen
     assert sum(s.color == "red" for s in seen) >= 3, seen
-    assert sum(s.direction == "left" for s in seen) >= 2, seen
+    assert sum(s.direction == "left" for s in seen) >= 3, seen
+    assert sum(s.shape == "circle" for s in seen) >= 3, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the bundled demo transformer is still undertrained (5,100 CPU steps): for seed 0 its colour "
-    "drifts over the clip and the object moves right (README, 'The bundled model')",
-)
 def test_bundled_model_follows_colour_and_direction(generated: Path) -> None:
+    """The regression test of the shipped weights: the README prompt, seed 0, read back from the mp4."""
     seen = measure(read_video(generated).frames)
     assert (seen.color, seen.direction) == ("red", "left"), seen
 
