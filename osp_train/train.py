@@ -298,7 +298,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         if cfg.sample_every:
             task = replace(task, sample=reconstruction_sampler(cfg))
     model = task.model
-    freeze_parameters(model, cfg.freeze)
+    frozen = freeze_parameters(model, cfg.freeze)
+    if frozen and main:
+        console.print(f"freeze: {frozen:,} parameters kept fixed ({', '.join(cfg.freeze)})")
     # Before DeepSpeed casts the module to bf16: the EMA keeps fp32 weights.
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if main else None
     engine = build_engine(cfg, model, info.world_size)
