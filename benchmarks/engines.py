@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         CompiledEngine(frozen.transformer, dynamic=False, freeze=True, vae=frozen.vae),
         frozen,
     )
-    bf16 = device == "cpu" and args.bf16 and cpu_bf16()
-    if bf16:  # the same engines at the other precision the CPU runs natively
+    has_bf16 = cpu_bf16() if device == "cpu" else None
+    if has_bf16 and args.bf16:  # the same engines at the other precision the CPU runs natively
         low = pipeline(torch.bfloat16)
         rows["torch bf16"] = (torch.bfloat16, TorchEngine(low.transformer), low)
         low_frozen = pipeline(torch.bfloat16)
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(dtype).removeprefix("torch."),
         "dtypes": {name: str(precision).removeprefix("torch.") for name, (precision, _, _) in rows.items()},
         "baseline": baseline,
-        "cpu_bf16": cpu_bf16() if device == "cpu" else None,
+        "cpu_bf16": has_bf16,
         "steps": args.steps,
         "onnx_export_s": export_s,
         "compile_s": compile_s,

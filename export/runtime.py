@@ -24,9 +24,8 @@ from osp.errors import ConfigError
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
 from osp.export.specs import VaeDecoder
-from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, model_denoiser
+from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, auto_tiling, model_denoiser
 from osp.vae import CausalVideoVAE
-from osp.vae.tiling import TilingConfig
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 EngineName = Literal["torch", "compile", "onnx", "trt"]
@@ -85,13 +84,13 @@ class CompiledEngine(TorchEngine):
         if vae is None or compiled is None:
             return None
         dtype = next(vae.parameters()).dtype
-        tile = TilingConfig()
+        ct, cs = vae.config.temporal_compression, vae.config.spatial_compression
 
         def decode(latents: torch.Tensor) -> torch.Tensor:
             latents = latents.to(dtype)
-            if latents.shape[2] > tile.latent_frames or max(latents.shape[3:]) > tile.latent_size:
-                return vae.decode_latents(latents, tile)
-            return compiled(latents)
+            t, h, w = latents.shape[2:]
+            tiling = auto_tiling((t - 1) * ct + 1, (h * cs, w * cs))  # the pipeline's own rule
+            return compiled(latents) if tiling is None else vae.decode_latents(latents, tiling)
 
         return decode
 

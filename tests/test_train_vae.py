@@ -141,9 +141,8 @@ def test_freeze_keeps_the_encoder_while_the_decoder_learns(clips: Path, tmp_path
     result = cli(
         "--config", str(config), "--set", "freeze=[encodr]", "--set", f"out={tmp_path / 'bad'}", "--quiet"
     )
-    assert result.returncode == 2 and "freeze" in result.stderr and "encodr" in result.stderr, result.stderr[
-        -2000:
-    ]
+    said = result.stderr
+    assert result.returncode == 2 and "freeze" in said and "encodr" in said, said[-2000:]
     assert "Traceback" not in result.stderr
 
 
