@@ -10,9 +10,12 @@ ratios compare runs made under the same machine load:
 * ``compile``: regional torch.compile of the transformer blocks (compile time reported apart);
 * ``compile frozen``: the whole transformer and the VAE decoder compiled with their weights frozen
   in as constants (``osp generate --engine compile --freeze``; compile time reported apart);
+* ``compiled package``: the same frozen compile done ahead of time (``osp export --target compile``,
+  AOTInductor, dynamic shapes) and loaded from its folder (``osp generate --engine compile
+  --engine-dir``): export and load times reported apart;
 * ``onnx``: ONNX Runtime (CPU provider here), transformer and VAE decoder;
 * on a CPU with bf16 matrix instructions (AVX512-BF16, AMX): ``torch bf16`` and ``compile frozen
-  bf16``, the whole pipeline in bf16; each engine's speed-up is quoted against eager PyTorch at the
+  bf16`` (and ``compiled package bf16``), the whole pipeline in bf16; each engine's speed-up is quoted against eager PyTorch at the
   same precision (the engine's own gain) and against eager float32;
 * on a GPU with tensorrt installed: ``trt`` engines from the osp-plugin ONNX and from the plain ONNX
   (TensorRT's own attention), fp16.
@@ -35,8 +38,9 @@ import torch
 from common import machine_info, markdown_report, print_report, write_results
 
 from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
+from osp.export.aoti import export_compiled
 from osp.export.onnx import component_specs, export_onnx
-from osp.export.runtime import CompiledEngine, OrtEngine, TorchEngine
+from osp.export.runtime import AotiEngine, CompiledEngine, OrtEngine, TorchEngine
 from osp.pipelines.text_to_video import PipelineSpec, TextToVideo, load_pipeline
 from osp.text import load_text_encoder
 from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
@@ -80,6 +84,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     export_start = time.perf_counter()
     export_onnx(model_dir, work / "onnx", components=["transformer", "vae_decoder"])
     export_s = time.perf_counter() - export_start
+    has_bf16 = cpu_bf16() if device == "cpu" else None
+    packages = {"fp32": work / "compiled"}
+    if has_bf16 and args.bf16:
+        packages["bf16"] = work / "compiled-bf16"
+    package_s: dict[str, float] = {}
+    for precision, folder in packages.items():
+        start = time.perf_counter()
+        export_compiled(model_dir, folder, precision=precision, device=device)  # type: ignore[arg-type]
+        package_s[precision] = time.perf_counter() - start
 
     # Every engine gets its own copy of the pipeline in its precision; the sampler, VAE and text
     # encoder of that copy run the generate timings, so a row differs from its baseline only by engine.
@@ -100,13 +113,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         CompiledEngine(frozen.transformer, dynamic=False, freeze=True, vae=frozen.vae),
         frozen,
     )
-    has_bf16 = cpu_bf16() if device == "cpu" else None
+    rows["compiled package"] = (
+        dtype,
+        AotiEngine(packages["fp32"], model_dir, device=device),
+        pipeline(dtype),
+    )
     if has_bf16 and args.bf16:  # the same engines at the other precision the CPU runs natively
         low = pipeline(torch.bfloat16)
         rows["torch bf16"] = (torch.bfloat16, TorchEngine(low.transformer), low)
         low_frozen = pipeline(torch.bfloat16)
         engine = CompiledEngine(low_frozen.transformer, dynamic=False, freeze=True, vae=low_frozen.vae)
         rows["compile frozen bf16"] = (torch.bfloat16, engine, low_frozen)
+        packaged = AotiEngine(packages["bf16"], model_dir, device=device)
+        rows["compiled package bf16"] = (torch.bfloat16, packaged, pipeline(torch.bfloat16))
     baseline = {
         name: "torch bf16" if precision != dtype else "torch" for name, (precision, _, _) in rows.items()
     }
@@ -120,11 +139,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         return x, t, {"encoder_hidden_states": states, "encoder_attention_mask": mask}
 
+    load_s: dict[str, float] = {}
+    for name, (_, engine, _) in rows.items():
+        if isinstance(engine, AotiEngine):  # loading the packages is all a new process pays
+            load_s[name] = timed(lambda e=engine: (e.model("transformer"), e.model("vae_decoder")))
     calls = {name: (engine.denoiser(), inputs(precision)) for name, (precision, engine, _) in rows.items()}
     compile_s: dict[str, float] = {}
     with torch.inference_mode():
         for name, (denoise, (x, t, cond)) in calls.items():
-            if name.startswith("compile"):
+            if isinstance(rows[name][1], CompiledEngine):
                 compile_s[name] = timed(lambda d=denoise, a=(x, t, cond): d(*a))  # compiles
         outputs = {name: denoise(*args_).float() for name, (denoise, args_) in calls.items()}
     max_diff = {name: (out - outputs["torch"]).abs().max().item() for name, out in outputs.items()}
@@ -145,7 +168,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, (_, engine, _) in rows.items()
         }
         for name, hook in hooks.items():  # an engine's own decoder compiles on its first clip
-            if hook["decoder"] is not None and name.startswith("compile"):
+            if hook["decoder"] is not None and isinstance(rows[name][1], CompiledEngine):
                 latents = calls[name][1][0][:1]
                 compile_s[f"{name} (VAE decoder)"] = timed(lambda h=hook, z=latents: h["decoder"](z))
         for name, (_, _, owner) in rows.items():  # warm-up: the sampler's timestep dtype may recompile once
@@ -170,6 +193,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_bf16": has_bf16,
         "steps": args.steps,
         "onnx_export_s": export_s,
+        "package_export_s": package_s,
+        "package_load_s": load_s,
         "compile_s": compile_s,
         "forward_s": forward,
         "generate_s": generate,
@@ -250,6 +275,10 @@ def main() -> None:
         "decoder, with parity checks); torch.compile (blocks for `compile`, the whole model with frozen weights "
         "for `compile frozen`): "
         + ", ".join(f"{name} {sec:.0f} s" for name, sec in result["compile_s"].items())
+        + "; compiled packages (AOTInductor, transformer + VAE decoder, with parity checks): export "
+        + ", ".join(f"{name} {sec:.0f} s" for name, sec in result["package_export_s"].items())
+        + ", load in a new process "
+        + ", ".join(f"{name} {sec:.2f} s" for name, sec in result["package_load_s"].items())
         + ".",
         f"TensorRT: {result['tensorrt']}.",
     ]
@@ -265,7 +294,10 @@ def main() -> None:
         )
     if args.note:
         notes.append(args.note)
-    title = "Engines: eager vs torch.compile (regional, frozen) vs ONNX Runtime, same-precision ratios"
+    title = (
+        "Engines: eager vs torch.compile (regional, frozen, ahead-of-time package) vs ONNX Runtime, "
+        "same-precision ratios"
+    )
     print_report(title, header, rows, notes)
     write_results(args.out, "engines", {"machine": info, "result": result, "notes": notes},
                   markdown_report(title, header, rows, notes))  # fmt: skip

@@ -1,4 +1,4 @@
-"""``osp export``: a model folder to ONNX files, TensorRT engines, or a torch.compile check."""
+"""``osp export``: a model folder to ONNX files, TensorRT engines or compiled (AOTInductor) packages."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ from osp.cli.common import SIZE, console
     default="onnx",
     show_default=True,
     help="onnx: files for ONNX Runtime / TensorRT; tensorrt: engines (needs tensorrt + CUDA); "
-    "compile: compile the transformer blocks and check them against eager.",
+    "compile: with --out, AOTInductor packages (weights frozen) for osp generate --engine compile "
+    "--engine-dir; without, compile the transformer in this process and check it against eager.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Export folder (onnx, tensorrt).")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Export folder (onnx, tensorrt, compile)."
+)
 @click.option(
     "--frames",
     type=click.IntRange(min=1),
@@ -48,13 +51,14 @@ from osp.cli.common import SIZE, console
     "--precision",
     type=click.Choice(["fp32", "fp16", "bf16"]),
     default=None,
-    help="tensorrt: engine precision (default fp16); onnx files are fp32.",
+    help="tensorrt: engine precision (default fp16); compile: package precision, fp32 (default) or bf16; "
+    "onnx files are fp32.",
 )
 @click.option(
     "--components",
     default=None,
     help="Comma-separated: transformer, vae_decoder, vae_encoder, text_encoder "
-    "(default transformer,vae_decoder,vae_encoder; tensorrt: transformer,vae_decoder).",
+    "(default transformer,vae_decoder,vae_encoder; tensorrt and compile: transformer,vae_decoder).",
 )
 @click.option(
     "--mode",
@@ -63,7 +67,12 @@ from osp.cli.common import SIZE, console
     show_default=True,
     help="compile: torch.compile mode.",
 )
-@click.option("--dynamic/--static", default=False, show_default=True, help="compile: symbolic shapes.")
+@click.option(
+    "--dynamic/--static",
+    default=None,
+    help="compile: symbolic shapes (packages: dynamic by default, one folder for every batch, length and "
+    "size in range; --static specialises on the traced shape).",
+)
 @click.option(
     "--freeze", is_flag=True, help="compile: the whole transformer with its weights frozen in (inference)."
 )
@@ -78,7 +87,7 @@ def export(
     precision: str | None,
     components: str | None,
     mode: str,
-    dynamic: bool,
+    dynamic: bool | None,
     freeze: bool,
 ) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
@@ -87,6 +96,19 @@ def export(
 
     read_spec(model_dir)  # a missing or foreign folder fails here, before any heavy import
     names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
+    if target == "compile" and out is not None:
+        from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
+        from osp.export.aoti import export_compiled
+
+        if precision not in (None, "fp32", "bf16"):
+            raise ConfigError(f"--precision: compiled packages are fp32 or bf16, not {precision}")
+        export_compiled(
+            model_dir, out, frames=frames, size=size, precision=precision or "fp32",
+            components=names or COMPILED_COMPONENTS, dynamic=dynamic is not False, mode=mode,
+            report=console.print,
+        )  # fmt: skip
+        console.print(f"wrote {out}")
+        return
     if target == "compile":
         from osp.export.compile import check_compiled
 

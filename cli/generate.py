@@ -38,7 +38,8 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
     "--engine-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="onnx / trt engines: the folder osp export wrote for this model.",
+    help="onnx / trt engines: the folder osp export wrote for this model; compile: a folder of packages "
+    "from osp export --target compile --out DIR (loaded, not compiled: no per-process compile).",
 )
 @click.option(
     "--freeze",

@@ -65,7 +65,8 @@ class ComponentEntry(Config):
     attention_nodes: dict[str, int] = Field(default_factory=dict)
     verify: VerifyEntry | None = None
     build: dict[str, str] = Field(
-        default_factory=dict, description="TensorRT: engine cache key and its parts"
+        default_factory=dict,
+        description="TensorRT: engine cache key and its parts; compile: torch version and device built for",
     )
 
 
@@ -73,9 +74,9 @@ class Manifest(Config):
     format: Literal["osp-export"] = "osp-export"
     format_version: int = 1
     osp_version: str
-    target: Literal["onnx", "tensorrt"]
-    flavour: Literal["ort", "ort-mha", "trt"]
-    opset: int
+    target: Literal["onnx", "tensorrt", "compile"]
+    flavour: Literal["ort", "ort-mha", "trt", "aoti"]
+    opset: int | None = Field(None, description="ONNX opset; None for compiled (AOTInductor) packages")
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     model_kind: Literal["text-to-video", "class-to-video"]
     source: str

@@ -1,10 +1,10 @@
-"""Runtime engines: eager, compiled, ONNX Runtime and TensorRT behind one interface.
+"""Runtime engines: eager, compiled, AOT-compiled, ONNX Runtime and TensorRT behind one interface.
 
 Every engine offers ``denoiser()`` — the pipeline's ``denoiser(x_t, t, cond) -> output`` — and
 ``decoder()`` — scaled latents (B, C, t, h, w) -> video (B, 3, T, H, W), or None to let the pipeline
 decode with its own VAE (tiled when the clip is large). Sampling code never knows which engine runs.
 
-Exported engines (ONNX Runtime, TensorRT) check before the first step that their folder was exported
+Exported engines (AOTInductor packages, ONNX Runtime, TensorRT) check before the first step that their folder was exported
 from the same weights and covers the requested shape, and say how to re-export if not.
 """
 
@@ -23,7 +23,7 @@ from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
-from osp.export.specs import VaeDecoder
+from osp.export.specs import DTYPES, VaeDecoder
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, auto_tiling, model_denoiser
 from osp.vae import CausalVideoVAE
 
@@ -106,7 +106,7 @@ class _Exported:
         if self.manifest.target != self.target:
             raise EngineMismatchError(
                 f"--engine-dir {self.folder}: holds a {self.manifest.target} export, not {self.target}; "
-                f"export it with osp export --target {'tensorrt' if self.target == 'tensorrt' else 'onnx'}"
+                f"export it with osp export --target {self.target} --out {self.folder}"
             )
         self.model_dir = None if model_dir is None else Path(model_dir)
         if self.model_dir is not None:
@@ -202,6 +202,54 @@ class OrtEngine(_Exported):
         return decode
 
 
+class AotiEngine(_Exported):
+    """AOTInductor packages from ``osp export --target compile --out DIR``: the frozen compile's speed,
+    loaded in a fraction of a second instead of compiled in every process. Each package is checked
+    against the torch version and device it was built for before it is loaded."""
+
+    name = "compile"
+    target = "compile"
+
+    def __init__(self, folder: str | Path, model_dir: str | Path | None = None, device: str | torch.device = "cpu"
+                 ) -> None:  # fmt: skip
+        super().__init__(folder, model_dir)
+        self.device = torch.device(device)
+        self._models: dict[str, Callable[..., Any]] = {}
+
+    def model(self, component: str) -> Callable[..., Any]:
+        from osp.export.aoti import check_build, load_package
+
+        if component not in self._models:
+            entry = self.manifest.component(component, self.folder)
+            check_build(self.manifest, component, self.folder, self.device)
+            self._models[component] = load_package(self.folder / entry.file)
+        return self._models[component]
+
+    def _args(self, component: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The inputs in the package's order, each at the dtype it was compiled for."""
+        return [
+            feeds[i.name].to(device=self.device, dtype=DTYPES[i.dtype])
+            for i in self.manifest.components[component].inputs
+        ]
+
+    def denoiser(self) -> Denoiser:
+        model = self.model("transformer")  # load now: a foreign package fails before sampling
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = model(*self._args("transformer", self._feeds("transformer", x, t, cond)))
+            return out.to(device=x.device, dtype=x.dtype)
+
+        return denoise
+
+    def decoder(self) -> Decoder | None:
+        if "vae_decoder" not in self.manifest.components:
+            return None
+        model = self.model("vae_decoder")
+        return lambda latents: (
+            model(*self._args("vae_decoder", {"latents": latents})).float().to(latents.device)
+        )
+
+
 class TrtEngine(_Exported):
     """TensorRT engines from ``osp export --target tensorrt``; each one's key is checked on load."""
 
@@ -256,21 +304,27 @@ def make_engine(
     size: tuple[int, int] | None = None,
     compile_mode: CompileMode = "default",
     freeze: bool = False,
-) -> TorchEngine | OrtEngine | TrtEngine:
+) -> TorchEngine | AotiEngine | OrtEngine | TrtEngine:
     """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts.
-    ``freeze``: the compile engine compiles the whole transformer and the VAE decoder with frozen weights."""
+    ``freeze``: the compile engine compiles the whole transformer and the VAE decoder with frozen weights.
+    The compile engine with an ``engine_dir`` loads the packages ``osp export --target compile`` wrote
+    (compiled ahead of time, weights frozen) instead of compiling in this process."""
     if name not in ENGINES:
         raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
     if freeze and name != "compile":
         raise ConfigError(f"--freeze: only the compile engine freezes weights, not {name!r}")
     if name == "torch":
         return TorchEngine(pipe.transformer)
-    if name == "compile":
+    if name == "compile" and engine_dir is None:
         return CompiledEngine(pipe.transformer, mode=compile_mode, freeze=freeze, vae=pipe.vae)
     if engine_dir is None:
         raise ConfigError(f"--engine-dir: the {name} engine runs an exported folder; give --engine-dir DIR")
-    engine: OrtEngine | TrtEngine = (
-        OrtEngine(engine_dir, model_dir) if name == "onnx" else TrtEngine(engine_dir, model_dir)
-    )
+    engine: AotiEngine | OrtEngine | TrtEngine
+    if name == "compile":
+        engine = AotiEngine(engine_dir, model_dir, device=pipe.device)
+    elif name == "onnx":
+        engine = OrtEngine(engine_dir, model_dir)
+    else:
+        engine = TrtEngine(engine_dir, model_dir)
     engine.check_request(pipe, batch, frames or pipe.spec.frames, size or pipe.spec.size)
     return engine
