@@ -12,10 +12,10 @@ from osp.cli.main import cli
 from osp.dit.latte import LATTE_CONFIGS, Latte
 from osp.dit.latte_t2v import LATTE_T2V_CONFIGS, LatteT2V
 from osp.errors import ConfigError, ShapeError
-from osp.io.video import probe_video, read_video
+from osp.io.video import from_model, probe_video, read_video
 from osp.pipelines.text_to_video import ClassToVideo, PipelineSpec, TextToVideo, load_pipeline
 from osp.text import load_text_encoder
-from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
+from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE, TilingConfig
 
 
 def _randomise(model: torch.nn.Module) -> torch.nn.Module:
@@ -115,6 +115,26 @@ def test_negative_prompt_and_guidance_matter(t2v_dir: Path) -> None:
         pipe.generate(["a red circle"], steps=2, negative_prompt="blurry").latents, base
     )
     assert not torch.allclose(pipe.generate(["a red circle"], steps=2, guidance=1.0).latents, base)
+
+
+def test_explicit_tiling_decodes_with_the_vae_not_the_engine_decoder(t2v_dir: Path) -> None:
+    """An engine's decoder takes whole clips; a caller who names tiles gets the VAE's tiled decode."""
+    pipe = load_pipeline(t2v_dir)
+    assert isinstance(pipe, TextToVideo)
+    calls = []
+
+    def engine_decoder(latents: torch.Tensor) -> torch.Tensor:
+        calls.append(latents.shape)
+        return pipe.vae.decode_latents(latents)
+
+    tiles = TilingConfig(latent_size=3, latent_overlap=1, latent_frames=2, latent_frame_overlap=1)
+    tiled = pipe.generate(["a red circle"], steps=1, tiling=tiles, decoder=engine_decoder)
+    assert calls == []
+    with torch.inference_mode():
+        expected = pipe.vae.decode_latents(tiled.latents, tiles)
+    assert torch.equal(tiled.videos[0], from_model(expected[0].float()))
+    whole = pipe.generate(["a red circle"], steps=1, decoder=engine_decoder)  # "auto": the engine's
+    assert len(calls) == 1 and torch.equal(whole.latents, tiled.latents)
 
 
 def test_long_prompt_is_truncated_with_a_warning(t2v_dir: Path) -> None:

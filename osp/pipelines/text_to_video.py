@@ -6,7 +6,9 @@
 A pipeline folder holds ``pipeline.json`` (a :class:`PipelineSpec`), ``transformer/`` and ``vae/``.
 Sampling goes through one *denoiser callable* ``denoiser(x_t, t, cond) -> output``: the eager model
 by default, or any engine (compiled, ONNX Runtime, TensorRT) passed as ``denoiser=``; this module never
-knows which. Likewise ``decoder=`` replaces the VAE decode (scaled latents -> video) with an engine's.
+knows which. Likewise ``decoder=`` replaces the VAE decode (scaled latents -> video) with an engine's,
+unless ``tiling=`` names a :class:`TilingConfig`: an explicit tiling is decoded by the pipeline's own
+VAE, tile by tile (an engine's decoder takes a clip whole).
 """
 
 from __future__ import annotations
@@ -227,6 +229,7 @@ class TextToVideo(VideoPipeline):
                 device=self.device,
             )  # fmt: skip
         tiles = auto_tiling(frames, size) if tiling == "auto" else tiling
+        decoder = None if isinstance(tiling, TilingConfig) else decoder  # asked for tiles: the VAE's
         return self.run(
             self.noise(len(prompts), frames, size, seed),
             _text_cond(cond, self.dtype),
@@ -274,6 +277,7 @@ class ClassToVideo(VideoPipeline):
         cond = {"class_labels": torch.tensor(list(labels), device=self.device)}
         uncond = {"class_labels": torch.full((len(labels),), num_classes, device=self.device)}
         tiles = auto_tiling(frames, size) if tiling == "auto" else tiling
+        decoder = None if isinstance(tiling, TilingConfig) else decoder  # asked for tiles: the VAE's
         return self.run(
             self.noise(len(labels), frames, size, seed), cond, uncond,
             sampler=sampler, steps=steps, guidance=guidance, seed=seed, denoiser=denoiser,
