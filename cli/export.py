@@ -76,6 +76,12 @@ from osp.cli.common import SIZE, console
 @click.option(
     "--freeze", is_flag=True, help="compile: the whole transformer with its weights frozen in (inference)."
 )
+@click.option(
+    "--device",
+    default="cpu",
+    show_default=True,
+    help="compile --out: the device the packages are compiled for (cpu, cuda); they run only there.",
+)
 def export(
     model_dir: Path,
     target: str,
@@ -89,6 +95,7 @@ def export(
     mode: str,
     dynamic: bool | None,
     freeze: bool,
+    device: str,
 ) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
     from osp.errors import ConfigError
@@ -104,11 +111,15 @@ def export(
             raise ConfigError(f"--precision: compiled packages are fp32 or bf16, not {precision}")
         export_compiled(
             model_dir, out, frames=frames, size=size, precision=precision or "fp32",
-            components=names or COMPILED_COMPONENTS, dynamic=dynamic is not False, mode=mode,
+            components=names or COMPILED_COMPONENTS, dynamic=dynamic is not False, mode=mode, device=device,
             report=console.print,
         )  # fmt: skip
         console.print(f"wrote {out}")
         return
+    if device != "cpu":
+        raise ConfigError(
+            f"--device: only --target compile --out builds for a device (this is --target {target})"
+        )
     if target == "compile":
         from osp.export.compile import check_compiled
 

@@ -76,12 +76,23 @@ def build_info(device: torch.device) -> dict[str, str]:
     return info
 
 
-def rebuild_command(manifest: Manifest, folder: Path) -> str:
-    precision = f" --precision {manifest.precision}" if manifest.precision != "fp32" else ""
-    return (
-        f"osp export --model {manifest.source} --target compile --frames {manifest.frames} "
-        f"--size {manifest.size[0]}x{manifest.size[1]}{precision} --out {folder}"
-    )
+def rebuild_command(manifest: Manifest, folder: Path, device: torch.device) -> str:
+    """The ``osp export`` that rebuilds ``folder`` on this machine: same model, shape, precision,
+    components and shape mode, for ``device``."""
+    first = next(iter(manifest.components.values()))
+    parts = [
+        f"osp export --model {manifest.source} --target compile --frames {manifest.frames}",
+        f"--size {manifest.size[0]}x{manifest.size[1]}",
+    ]
+    if manifest.precision != "fp32":
+        parts.append(f"--precision {manifest.precision}")
+    if tuple(manifest.components) != DEFAULT_COMPONENTS:
+        parts.append(f"--components {','.join(manifest.components)}")
+    if first.build.get("dynamic") == "false":
+        parts.append("--static")
+    if device.type != "cpu":
+        parts.append(f"--device {device.type}")
+    return " ".join([*parts, f"--out {folder}"])
 
 
 def check_build(manifest: Manifest, component: str, folder: Path, device: torch.device) -> None:
@@ -93,7 +104,7 @@ def check_build(manifest: Manifest, component: str, folder: Path, device: torch.
             raise EngineMismatchError(
                 f"--engine-dir {folder}: {component} was compiled for {key} {built.get(key) or '-'}, "
                 f"this machine has {here.get(key) or '-'}; a compiled package runs only where it was "
-                f"built: rebuild it with {rebuild_command(manifest, folder)}"
+                f"built: rebuild it with {rebuild_command(manifest, folder, device)}"
             )
 
 
@@ -194,7 +205,14 @@ def export_compiled(
     model_dir, out = Path(model_dir), Path(out)
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision: compiled packages are fp32 or bf16, not {precision}")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"--device: {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: this machine has no CUDA device")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device}: packages are compiled for cpu or cuda")
     pipe = load_pipeline(model_dir)
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
     specs = [_cast(s, PRECISIONS[precision]) for s in component_specs(pipe, frames, size, components)]

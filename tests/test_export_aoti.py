@@ -127,6 +127,10 @@ def test_packages_built_elsewhere_or_for_other_shapes_are_refused(
         ([*gen, "--engine", "compile", "--engine-dir", str(t2v_dir)], "not an osp export folder"),
         ([*export, "--precision", "fp16"], "--precision: compiled packages are fp32 or bf16"),
         ([*export, "--components", "upscaler"], "components: unknown upscaler"),
+        ([*export, "--device", "mps"], "--device mps: packages are compiled for cpu or cuda"),
+        ([*export, "--device", "banana"], "--device: 'banana' is not a device"),
+        (["export", "--model", str(t2v_dir), "--out", str(tmp_path / "x"), "--device", "cuda"],
+         "--device: only --target compile --out"),
     ]  # fmt: skip
     for args, message in cases:
         code, text = run(*args)
@@ -160,3 +164,8 @@ def test_static_bf16_package_holds_one_shape(t2v_dir: Path, tmp_path: Path) -> N
     code, text = run("generate", "a cat", "--model", str(t2v_dir), "-o", str(tmp_path / "o.mp4"), "-q",
                      "--engine", "compile", "--engine-dir", str(out), "--frames", "13")  # fmt: skip
     assert code == 2 and "re-export" in text and "Traceback" not in text, text
+    manifest.components["transformer"].build["torch"] = "0.0"  # the rebuild command keeps every choice
+    (out / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json")))
+    code, text = run("generate", "a cat", "--model", str(t2v_dir), "-o", str(tmp_path / "o.mp4"), "-q",
+                     "--engine", "compile", "--engine-dir", str(out))  # fmt: skip
+    assert code == 2 and "--precision bf16 --components transformer --static" in " ".join(text.split()), text
