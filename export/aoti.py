@@ -108,12 +108,33 @@ def check_build(manifest: Manifest, component: str, folder: Path, device: torch.
             )
 
 
-def load_package(path: Path) -> Callable[..., Any]:
-    import torch._inductor
+class Package:
+    """A loaded package called like the module it was compiled from: positional tensors in, a tensor
+    (or a tuple of them) out.
 
+    It drives torch's C++ package loader directly: ``torch._inductor.aoti_load_package`` does the same
+    behind a Python wrapper whose imports (Inductor, sympy) cost a new process seconds on a small CPU,
+    more than loading and running a small model's package.
+    """
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        self.path = path
+        loader = torch._C._aoti.AOTIModelPackageLoader
+        index = -1 if device.index is None else device.index  # -1: the current device
+        try:  # (path, model name, run single-threaded, runners, device index) since torch 2.7
+            self.loader = loader(str(path), "model", False, 1, index)
+        except TypeError:  # torch 2.6: (path, model name)
+            self.loader = loader(str(path), "model")  # type: ignore[call-arg]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.loader.run(list(inputs))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def load_package(path: Path, device: torch.device) -> Package:
     try:
-        return torch._inductor.aoti_load_package(str(path))
-    except (RuntimeError, OSError) as err:
+        return Package(path, device)
+    except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EngineMismatchError(f"{path}: cannot load the compiled package ({first})") from None
 
@@ -175,7 +196,7 @@ def verify_package(spec: ComponentSpec, path: Path, device: torch.device, dynami
     """Run the package beside eager PyTorch (at ``spec.check`` sizes when dynamic) and compare."""
     sizes = spec.check if dynamic else spec.sample
     inputs = tuple(t.to(device) for t in spec.make_inputs(sizes, seed=1))
-    runner = load_package(path)
+    runner = load_package(path, device)
     with torch.no_grad():
         expected = spec.module(*inputs)
         got = runner(*inputs)

@@ -21,6 +21,7 @@ from torch import nn
 
 from osp.diffusion import Denoiser
 from osp.errors import ConfigError
+from osp.export.aoti import Package
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
 from osp.export.specs import DTYPES, VaeDecoder
@@ -214,15 +215,15 @@ class AotiEngine(_Exported):
                  ) -> None:  # fmt: skip
         super().__init__(folder, model_dir)
         self.device = torch.device(device)
-        self._models: dict[str, Callable[..., Any]] = {}
+        self._models: dict[str, Package] = {}
 
-    def model(self, component: str) -> Callable[..., Any]:
+    def model(self, component: str) -> Package:
         from osp.export.aoti import check_build, load_package
 
         if component not in self._models:
             entry = self.manifest.component(component, self.folder)
             check_build(self.manifest, component, self.folder, self.device)
-            self._models[component] = load_package(self.folder / entry.file)
+            self._models[component] = load_package(self.folder / entry.file, self.device)
         return self._models[component]
 
     def _args(self, component: str, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
