@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,6 +192,17 @@ def run_child(args: Sequence[str], result_path: Path, timeout_s: float | None = 
 
 
 # ------------------------------------------------------------------------------------------ results
+
+
+def osp_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``osp ARGS`` (the installed command, as a user runs it); a failure stops the benchmark."""
+    command = shutil.which("osp", path=str(Path(sys.executable).parent)) or shutil.which("osp")
+    if command is None:
+        raise SystemExit("the osp command is not on PATH: pip install -e . first")
+    run = subprocess.run([command, *args], capture_output=True, text=True, env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"osp {' '.join(args)} failed:\n{run.stderr[-3000:]}")
+    return run
 
 
 def json_number(x: float) -> float | str:

@@ -24,14 +24,12 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from common import machine_info, markdown_report, print_report, write_results
+from common import machine_info, markdown_report, osp_cli, print_report, write_results
 
 from osp.io.samples import sample_video
 from osp.pipelines.bundled import resolve_model
@@ -42,17 +40,6 @@ from osp.vae import load_causal_vae
 PROMPT = "a red circle moving left on a black background"
 TARGETS = {"wall_s": 10.0, "psnr_synthetic": 32.0, "psnr_bbb": 24.0, "color": 0.95, "background": 0.95,
            "direction": 0.90, "shape": 0.80}  # fmt: skip
-
-
-def osp_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """``osp ARGS`` (the installed command, as a user runs it); a failure stops the benchmark."""
-    command = shutil.which("osp", path=str(Path(sys.executable).parent)) or shutil.which("osp")
-    if command is None:
-        raise SystemExit("the osp command is not on PATH: pip install -e . first")
-    run = subprocess.run([command, *args], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise SystemExit(f"osp {' '.join(args)} failed:\n{run.stderr[-3000:]}")
-    return run
 
 
 def generate_wall(model: Path, runs: int, work: Path) -> list[float]:

@@ -76,8 +76,7 @@ def cpu_bf16() -> bool:
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="osp-engines-"))
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     model_dir = make_model(work / "model", args.model, args.frames, args.size, args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -240,7 +239,8 @@ def main() -> None:
     args.size = tuple(args.size)
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run(args)
+    with tempfile.TemporaryDirectory(prefix="osp-engines-") as work:  # models, exports, clips: removed after
+        result = run(args, Path(work))
     info = machine_info()
     ref = result["dtype"]
     header = [
@@ -277,7 +277,7 @@ def main() -> None:
         + ", ".join(f"{name} {sec:.0f} s" for name, sec in result["compile_s"].items())
         + "; compiled packages (AOTInductor, transformer + VAE decoder, with parity checks): export "
         + ", ".join(f"{name} {sec:.0f} s" for name, sec in result["package_export_s"].items())
-        + ", load in a new process "
+        + ", load (transformer + decoder) "
         + ", ".join(f"{name} {sec:.2f} s" for name, sec in result["package_load_s"].items())
         + ".",
         f"TensorRT: {result['tensorrt']}.",
