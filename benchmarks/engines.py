@@ -15,8 +15,10 @@ ratios compare runs made under the same machine load:
   --engine-dir``): export and load times reported apart;
 * ``onnx``: ONNX Runtime (CPU provider here), transformer and VAE decoder;
 * on a CPU with bf16 matrix instructions (AVX512-BF16, AMX): ``torch bf16`` and ``compile frozen
-  bf16`` (and ``compiled package bf16``), the whole pipeline in bf16; each engine's speed-up is quoted against eager PyTorch at the
-  same precision (the engine's own gain) and against eager float32;
+  bf16`` with the transformer in bf16 as ``osp generate --dtype bf16`` runs it (text encoder and VAE
+  stay float32), and ``compiled package bf16``, whose VAE decoder is compiled in bf16 too; each
+  engine's speed-up is quoted against eager PyTorch at the same transformer precision (the engine's
+  own gain) and against eager float32;
 * on a GPU with tensorrt installed: ``trt`` engines from the osp-plugin ONNX and from the plain ONNX
   (TensorRT's own attention), fp16.
 
@@ -284,8 +286,10 @@ def main() -> None:
     ]
     if result["cpu_bf16"] is not None:
         notes.append(
-            "bf16 rows: the whole pipeline (text encoder, transformer, VAE) loaded in bf16 and compared with eager "
-            "bf16, the same precision; this CPU "
+            "bf16 rows: the transformer in bf16 as `osp generate --dtype bf16` loads it (text encoder and VAE stay "
+            "float32, so `torch bf16` and `compile frozen bf16` decode in float32), compared with eager bf16; "
+            "`compiled package bf16` also has its VAE decoder compiled in bf16, so its generate includes a bf16 "
+            "decode. This CPU "
             + (
                 "has native bf16 matrix instructions (AVX512-BF16/AMX)."
                 if result["cpu_bf16"]
