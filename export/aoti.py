@@ -32,13 +32,12 @@ from osp import __version__
 from osp.errors import ConfigError
 from osp.export.compile import CompileMode
 from osp.export.manifest import (
-    AxisEntry,
     ComponentEntry,
     EngineMismatchError,
     ExportError,
     Manifest,
-    TensorEntry,
     VerifyEntry,
+    component_entry,
     staged_folder,
     weights_hash,
     write_manifest,
@@ -154,10 +153,6 @@ def _cast(spec: ComponentSpec, dtype: torch.dtype) -> ComponentSpec:
     )
 
 
-def _static(spec: ComponentSpec) -> dict[str, AxisEntry]:
-    return {n: AxisEntry(min=spec.sample[n], max=spec.sample[n]) for n in spec.axes}
-
-
 def compile_component(spec: ComponentSpec, folder: Path, *, device: torch.device, dynamic: bool = True,
                       mode: CompileMode = "default") -> ComponentEntry:  # fmt: skip
     """Write ``folder/<name>.pt2`` for one component, check it against eager; its manifest entry."""
@@ -180,15 +175,8 @@ def compile_component(spec: ComponentSpec, folder: Path, *, device: torch.device
     except (RuntimeError, ValueError, TypeError, AssertionError, torch._dynamo.exc.UserError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{spec.name}: AOTInductor compile failed: {first}") from err
-    entry = ComponentEntry(
-        file=path.name,
-        inputs=[TensorEntry(**s.as_json()) for s in spec.inputs],
-        outputs=[TensorEntry(**s.as_json()) for s in spec.outputs],
-        axes={n: AxisEntry(min=a.min, max=a.max, multiple=a.multiple, offset=a.offset) for n, a in spec.axes.items()}
-        if dynamic else _static(spec),
-        sample=spec.sample,
-        build={**build_info(device), "mode": mode, "dynamic": str(dynamic).lower()},
-    )  # fmt: skip
+    build = {**build_info(device), "mode": mode, "dynamic": str(dynamic).lower()}
+    entry = component_entry(spec, path.name, static=not dynamic, build=build)
     return entry.replace(verify=verify_package(spec, path, device, dynamic))
 
 

@@ -16,12 +16,13 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from osp.config import Config
 from osp.errors import ConfigError, OspError, ShapeError, WeightsError
+from osp.export.specs import ComponentSpec
 from osp.io.weights import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
@@ -107,6 +108,24 @@ class Manifest(Config):
                     f"{f' (multiples of {axis.multiple})' if axis.multiple > 1 else ''}, not {size}; "
                     "re-export with osp export --frames/--size for this shape"
                 )
+
+
+def component_entry(spec: ComponentSpec, file: str, *, static: bool = False, **fields: Any) -> ComponentEntry:
+    """The manifest entry of one exported component: its tensors, its axes (each pinned to the traced
+    size when ``static``) and the traced sizes; ``fields`` fill the rest (attention nodes, build, ...)."""
+    axes = {
+        n: AxisEntry(min=spec.sample[n], max=spec.sample[n]) if static
+        else AxisEntry(min=a.min, max=a.max, multiple=a.multiple, offset=a.offset)
+        for n, a in spec.axes.items()
+    }  # fmt: skip
+    return ComponentEntry(
+        file=file,
+        inputs=[TensorEntry(**t.as_json()) for t in spec.inputs],
+        outputs=[TensorEntry(**t.as_json()) for t in spec.outputs],
+        axes=axes,
+        sample=spec.sample,
+        **fields,
+    )
 
 
 def weights_hash(model_dir: Path) -> str:

@@ -31,12 +31,11 @@ import torch
 from osp import __version__
 from osp.errors import ConfigError
 from osp.export.manifest import (
-    AxisEntry,
     ComponentEntry,
     ExportError,
     Manifest,
-    TensorEntry,
     VerifyEntry,
+    component_entry,
     staged_folder,
     weights_hash,
     write_manifest,
@@ -227,14 +226,7 @@ def export_component(spec: ComponentSpec, folder: Path, *, flavour: Flavour = "o
     _name_dims(program, spec)
     with _quiet():
         program.save(path, external_data=nbytes > EXTERNAL_DATA_BYTES)
-    entry = ComponentEntry(
-        file=path.name,
-        inputs=[TensorEntry(**s.as_json()) for s in spec.inputs],
-        outputs=[TensorEntry(**s.as_json()) for s in spec.outputs],
-        axes={n: AxisEntry(min=a.min, max=a.max, multiple=a.multiple, offset=a.offset) for n, a in spec.axes.items()},
-        sample=spec.sample,
-        attention_nodes=count_attention(path),
-    )  # fmt: skip
+    entry = component_entry(spec, path.name, attention_nodes=count_attention(path))
     if verify and flavour in ORT_FLAVOURS:
         entry = entry.replace(verify=verify_onnx(spec, path))
     return entry
