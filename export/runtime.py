@@ -4,8 +4,9 @@ Every engine offers ``denoiser()`` — the pipeline's ``denoiser(x_t, t, cond) -
 ``decoder()`` — scaled latents (B, C, t, h, w) -> video (B, 3, T, H, W), or None to let the pipeline
 decode with its own VAE (tiled when the clip is large). Sampling code never knows which engine runs.
 
-Exported engines (AOTInductor packages, ONNX Runtime, TensorRT) check before the first step that their folder was exported
-from the same weights and covers the requested shape, and say how to re-export if not.
+Exported engines (AOTInductor packages, ONNX Runtime, TensorRT) check before the first step that their
+folder was exported from the same weights and covers the requested shape, and say how to re-export if
+not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from osp.diffusion import Denoiser
 from osp.errors import ConfigError
-from osp.export.aoti import Package
+from osp.export.aoti import Package, check_build, load_package
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
 from osp.export.specs import DTYPES, VaeDecoder
@@ -218,8 +219,6 @@ class AotiEngine(_Exported):
         self._models: dict[str, Package] = {}
 
     def model(self, component: str) -> Package:
-        from osp.export.aoti import check_build, load_package
-
         if component not in self._models:
             entry = self.manifest.component(component, self.folder)
             check_build(self.manifest, component, self.folder, self.device)
