@@ -86,8 +86,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     export_onnx(model_dir, work / "onnx", components=["transformer", "vae_decoder"])
     export_s = time.perf_counter() - export_start
     has_bf16 = cpu_bf16() if device == "cpu" else None
+    bf16_rows = bool(has_bf16 and args.bf16)  # the same engines at the other precision the CPU runs natively
     packages = {"fp32": work / "compiled"}
-    if has_bf16 and args.bf16:
+    if bf16_rows:
         packages["bf16"] = work / "compiled-bf16"
     package_s: dict[str, float] = {}
     for precision, folder in packages.items():
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         AotiEngine(packages["fp32"], model_dir, device=device),
         pipeline(dtype),
     )
-    if has_bf16 and args.bf16:  # the same engines at the other precision the CPU runs natively
+    if bf16_rows:
         low = pipeline(torch.bfloat16)
         rows["torch bf16"] = (torch.bfloat16, TorchEngine(low.transformer), low)
         low_frozen = pipeline(torch.bfloat16)

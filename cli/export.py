@@ -107,8 +107,6 @@ def export(
         from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
         from osp.export.aoti import export_compiled
 
-        if precision not in (None, "fp32", "bf16"):
-            raise ConfigError(f"--precision: compiled packages are fp32 or bf16, not {precision}")
         export_compiled(
             model_dir, out, frames=frames, size=size, precision=precision or "fp32",
             components=names or COMPILED_COMPONENTS, dynamic=dynamic is not False, mode=mode, device=device,

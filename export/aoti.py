@@ -56,10 +56,9 @@ PACKAGE_SUFFIX = ".pt2"
 
 
 def min_torch() -> None:
-    """AOTInductor packaging as osp calls it (keyword-only, ``aoti_load_package``) needs torch >= 2.6."""
-    import torch._inductor
-
-    if not hasattr(torch._inductor, "aoti_load_package") or TorchVersion(torch.__version__) < "2.6":
+    """AOTInductor packaging as osp calls it (``aoti_compile_and_package`` with the exported program
+    alone, the package loader of ``torch._C._aoti``) needs torch >= 2.6."""
+    if TorchVersion(torch.__version__) < "2.6":
         raise ConfigError(
             f"--target compile --out: AOTInductor packages need torch >= 2.6 (this is {torch.__version__})"
         )
@@ -189,7 +188,7 @@ def verify_package(spec: ComponentSpec, path: Path, device: torch.device, dynami
         expected = spec.module(*inputs)
         got = runner(*inputs)
     expected = expected if isinstance(expected, tuple) else (expected,)
-    got = tuple(got) if isinstance(got, list | tuple) else (got,)
+    got = got if isinstance(got, tuple) else (got,)
     return compare(
         spec.name, [e.float().cpu().numpy() for e in expected], [g.float().cpu().numpy() for g in got],
         spec.tolerance, sizes, "AOTInductor",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -98,7 +98,8 @@ class CompiledEngine(TorchEngine):
 
 
 class _Exported:
-    """Shared by the ONNX Runtime and TensorRT engines: the manifest and its checks."""
+    """Shared by the exported engines (compiled packages, ONNX Runtime, TensorRT): the manifest and its
+    checks, and the denoiser and decoder, built on each engine's ``first_output``."""
 
     target = "onnx"
 
@@ -136,6 +137,25 @@ class _Exported:
         if missing:
             raise ConfigError(f"--engine-dir {self.folder}: the {component} needs {', '.join(missing)}")
         return {n: feeds[n] for n in names}
+
+    def first_output(self, component: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        """Load ``component`` now (a broken or foreign file fails before sampling) and return a function
+        from its named inputs to its first output, a torch tensor."""
+        raise NotImplementedError
+
+    def denoiser(self) -> Denoiser:
+        run = self.first_output("transformer")
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+            return run(self._feeds("transformer", x, t, cond)).to(device=x.device, dtype=x.dtype)
+
+        return denoise
+
+    def decoder(self) -> Decoder | None:
+        if "vae_decoder" not in self.manifest.components:
+            return None
+        run = self.first_output("vae_decoder")
+        return lambda latents: run({"latents": latents}).float().to(latents.device)
 
 
 def _default_providers() -> list[str]:
@@ -183,25 +203,9 @@ class OrtEngine(_Exported):
         }
         return self.session(component).run(None, arrays)
 
-    def denoiser(self) -> Denoiser:
-        session_check = self.session("transformer")  # open now: a broken file fails before sampling
-        del session_check
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = self.run("transformer", self._feeds("transformer", x, t, cond))[0]
-            return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
-
-        return denoise
-
-    def decoder(self) -> Decoder | None:
-        if "vae_decoder" not in self.manifest.components:
-            return None
-
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            out = self.run("vae_decoder", {"latents": latents})[0]
-            return torch.from_numpy(out).to(latents.device)
-
-        return decode
+    def first_output(self, component: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        self.session(component)
+        return lambda feeds: torch.from_numpy(self.run(component, feeds)[0])
 
 
 class AotiEngine(_Exported):
@@ -232,22 +236,9 @@ class AotiEngine(_Exported):
             for i in self.manifest.components[component].inputs
         ]
 
-    def denoiser(self) -> Denoiser:
-        model = self.model("transformer")  # load now: a foreign package fails before sampling
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = model(*self._args("transformer", self._feeds("transformer", x, t, cond)))
-            return out.to(device=x.device, dtype=x.dtype)
-
-        return denoise
-
-    def decoder(self) -> Decoder | None:
-        if "vae_decoder" not in self.manifest.components:
-            return None
-        model = self.model("vae_decoder")
-        return lambda latents: (
-            model(*self._args("vae_decoder", {"latents": latents})).float().to(latents.device)
-        )
+    def first_output(self, component: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        model = self.model(component)
+        return lambda feeds: cast(torch.Tensor, model(*self._args(component, feeds)))  # one output
 
 
 class TrtEngine(_Exported):
@@ -277,20 +268,10 @@ class TrtEngine(_Exported):
             self._runners[component] = ostrt.TrtRunner(engine, key, rebuild, cuda_graph=self.cuda_graph)
         return self._runners[component]
 
-    def denoiser(self) -> Denoiser:
-        runner = self.runner("transformer")
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            out = runner(self._feeds("transformer", x, t, cond))["model_output"]
-            return out.to(device=x.device, dtype=x.dtype)
-
-        return denoise
-
-    def decoder(self) -> Decoder | None:
-        if "vae_decoder" not in self.manifest.components:
-            return None
-        runner = self.runner("vae_decoder")
-        return lambda latents: runner({"latents": latents})["video"].float().to(latents.device)
+    def first_output(self, component: str) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+        runner = self.runner(component)
+        name = self.manifest.components[component].outputs[0].name
+        return lambda feeds: runner(feeds)[name]
 
 
 def make_engine(
