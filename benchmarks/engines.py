@@ -14,6 +14,10 @@ ratios compare runs made under the same machine load:
   AOTInductor, dynamic shapes) and loaded from its folder (``osp generate --engine compile
   --engine-dir``): export and load times reported apart;
 * ``onnx``: ONNX Runtime (CPU provider here), transformer and VAE decoder;
+* on CPU, int8: ``onnx int8`` (``osp export --target onnx --precision int8``: the transformer's MatMul
+  weights in int8 per output channel, activations quantized on every call, VAE decoder fp32) against
+  ``torch int8``, eager PyTorch with the same dynamic quantization of the transformer's Linear layers
+  (``torch.ao.quantization.quantize_dynamic``, per channel), its same-precision baseline;
 * on a CPU with bf16 matrix instructions (AVX512-BF16, AMX): ``torch bf16`` and ``compile frozen
   bf16`` with the transformer in bf16 as ``osp generate --dtype bf16`` runs it (text encoder and VAE
   stay float32), and ``compiled package bf16``, whose VAE decoder is compiled in bf16 too; each
@@ -70,6 +74,25 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def torch_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Eager PyTorch's dynamic int8 quantization of every Linear (weights per output channel,
+    activations per call): the same scheme as the int8 ONNX export, run by PyTorch's own kernels."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        # The timestep embedder reads its Linear's weight dtype, which a quantized Linear does not have;
+        # it runs once per call on a (batch, 256) input, so leaving it in float32 costs nothing measurable.
+        linears = {
+            name: per_channel_dynamic_qconfig
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and "timestep_embedder" not in name
+        }
+        return quantize_dynamic(model, linears, inplace=True)
+
+
 def cpu_bf16() -> bool:
     """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays."""
     import torch.cpu
@@ -85,6 +108,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     export_start = time.perf_counter()
     export_onnx(model_dir, work / "onnx", components=["transformer", "vae_decoder"])
     export_s = time.perf_counter() - export_start
+    int8_export_s = None
+    if device == "cpu" and args.int8:
+        start = time.perf_counter()
+        export_onnx(
+            model_dir, work / "onnx-int8", components=["transformer", "vae_decoder"], precision="int8"
+        )
+        int8_export_s = time.perf_counter() - start
     has_bf16 = cpu_bf16() if device == "cpu" else None
     bf16_rows = bool(has_bf16 and args.bf16)  # the same engines at the other precision the CPU runs natively
     packages = {"fp32": work / "compiled"}
@@ -107,6 +137,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     pipe = pipeline(dtype)
     rows["torch"] = (dtype, TorchEngine(pipe.transformer), pipe)
     rows["onnx"] = (dtype, OrtEngine(work / "onnx", model_dir, threads=args.threads), pipeline(dtype))
+    if int8_export_s is not None:
+        eager_int8 = pipeline(dtype)
+        eager_int8.transformer = torch_int8(eager_int8.transformer)
+        rows["torch int8"] = (dtype, TorchEngine(eager_int8.transformer), eager_int8)
+        rows["onnx int8"] = (
+            dtype,
+            OrtEngine(work / "onnx-int8", model_dir, threads=args.threads),
+            pipeline(dtype),
+        )
     regional = pipeline(dtype)
     rows["compile"] = (dtype, CompiledEngine(regional.transformer, dynamic=False), regional)
     frozen = pipeline(dtype)
@@ -129,7 +168,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         packaged = AotiEngine(packages["bf16"], model_dir, device=device)
         rows["compiled package bf16"] = (torch.bfloat16, packaged, pipeline(torch.bfloat16))
     baseline = {
-        name: "torch bf16" if precision != dtype else "torch" for name, (precision, _, _) in rows.items()
+        name: "torch bf16" if precision != dtype else "torch int8" if name.endswith("int8") else "torch"
+        for name, (precision, _, _) in rows.items()
     }
 
     (spec,) = component_specs(pipe, args.frames, args.size, ["transformer"])
@@ -195,6 +235,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cpu_bf16": has_bf16,
         "steps": args.steps,
         "onnx_export_s": export_s,
+        "onnx_int8_export_s": int8_export_s,
         "package_export_s": package_s,
         "package_load_s": load_s,
         "compile_s": compile_s,
@@ -234,6 +275,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="On a CPU with bf16 matrix instructions, also time eager and frozen compile in bf16.",
+    )
+    parser.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="On CPU, also time the int8 ONNX export against eager PyTorch's dynamic int8 quantization.",
     )
     parser.add_argument("--threads", type=int, default=None, help="Threads for PyTorch and ONNX Runtime.")
     parser.add_argument("--note", default="", help="Said in the results, e.g. what else shared the machine.")
@@ -285,7 +332,15 @@ def main() -> None:
         + ".",
         f"TensorRT: {result['tensorrt']}.",
     ]
-    if result["cpu_bf16"] is not None:
+    if result["onnx_int8_export_s"] is not None:
+        notes.append(
+            "int8 rows: `onnx int8` is `osp export --target onnx --precision int8` (transformer MatMul weights int8 "
+            "per output channel, activations quantized on every call; VAE decoder float32), exported in "
+            f"{result['onnx_int8_export_s']:.0f} s; `torch int8` is eager PyTorch with the same dynamic quantization "
+            "of the transformer's Linear layers, its same-precision baseline. Their max |Δ| vs eager float32 is the "
+            "quantization error, not an engine error."
+        )
+    if result["cpu_bf16"] is not None and (not result["cpu_bf16"] or "torch bf16" in result["dtypes"]):
         notes.append(
             "bf16 rows: the transformer in bf16 as `osp generate --dtype bf16` loads it (text encoder and VAE stay "
             "float32, so `torch bf16` and `compile frozen bf16` decode in float32), compared with eager bf16; "

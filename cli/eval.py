@@ -59,6 +59,20 @@ def eval_group() -> None:
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Prompts per call.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "compile", "onnx", "trt"]),
+    default="torch",
+    show_default=True,
+    help="Runtime of the denoiser and VAE decoder, as in osp generate: measures what an export costs in "
+    "adherence (an int8 ONNX export, say).",
+)
+@click.option(
+    "--engine-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="onnx / trt / compile engines: the folder osp export wrote for --model.",
+)
+@click.option(
     "-o",
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -69,7 +83,8 @@ def eval_group() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def adherence(
     labels_path: Path | None, model: str | None, split: str, seeds: int, seed: int, limit: int | None,
-    steps: int | None, guidance: float | None, batch: int, device: str, out: Path | None, quiet: bool,
+    steps: int | None, guidance: float | None, batch: int, device: str, engine: str, engine_dir: Path | None,
+    out: Path | None, quiet: bool,
 ) -> None:  # fmt: skip
     """Does a video show the background, colour, shape and direction its prompt asks for?
 
@@ -81,8 +96,10 @@ def adherence(
 
     with ProgressDisplay(enabled=not quiet) as progress:
         if labels_path is not None:
-            if model is not None:
-                raise ConfigError("--labels scores existing clips; it takes no --model")
+            if model is not None or engine != "torch" or engine_dir is not None:
+                raise ConfigError(
+                    "--labels scores existing clips; it takes no --model, --engine or --engine-dir"
+                )
             head: dict[str, object] = {"labels": str(labels_path)}
             extras, scored, summary = _score_labels(labels_path, progress)
         else:
@@ -91,9 +108,11 @@ def adherence(
             out = out or DEFAULT_OUT
             model_dir = resolve_model(model)
             head = {"model": str(model_dir), "split": split, "seeds": seeds, "seed": seed, "limit": limit,
-                    "steps": steps, "guidance": guidance}  # fmt: skip
+                    "steps": steps, "guidance": guidance, "engine": engine,
+                    "engine_dir": None if engine_dir is None else str(engine_dir)}  # fmt: skip
             extras, scored, summary = _generate_and_score(
-                model_dir, split, seeds, seed, limit, steps, guidance, batch, device, out, progress
+                model_dir, split, seeds, seed, limit, steps, guidance, batch, device, (engine, engine_dir), out,
+                progress,
             )  # fmt: skip
     _print_table(summary)
     if out is not None:
@@ -132,7 +151,8 @@ def _score_labels(
 
 def _generate_and_score(
     model_dir: Path, split: str, seeds: int, seed: int, limit: int | None, steps: int | None,
-    guidance: float | None, batch: int, device: str, out: Path, progress: ProgressDisplay,
+    guidance: float | None, batch: int, device: str, runtime: tuple[str, Path | None], out: Path,
+    progress: ProgressDisplay,
 ) -> tuple[Extras, list[Scored], dict[str, SplitScore]]:  # fmt: skip
     from osp.errors import ConfigError
     from osp.eval.adherence import plan, score
@@ -144,6 +164,16 @@ def _generate_and_score(
         pipe = load_pipeline(model_dir, device=device)
     if not isinstance(pipe, TextToVideo):
         raise ConfigError(f"model: {model_dir} holds a class-to-video model; adherence needs text-to-video")
+    denoiser = decoder = None
+    if runtime[0] != "torch":
+        from osp.export.runtime import make_engine
+
+        with progress.step(f"load {runtime[0]} engine"):
+            engine = make_engine(runtime[0], pipe, engine_dir=runtime[1], model_dir=model_dir, batch=2)
+            denoiser, decoder = engine.denoiser(), engine.decoder()
+        manifest = getattr(engine, "manifest", None)
+        if manifest is not None:  # an exported folder: as many prompts per call as its batch axis takes
+            batch = min(batch, max(1, manifest.components["transformer"].axes["batch"].max // 2))
     videos: list[torch.Tensor] = []
     fps = pipe.spec.fps
     with progress.step("generate", len(requests)) as update:
@@ -151,8 +181,9 @@ def _generate_and_score(
             chunk = requests[start : start + batch]
             # Clip i of a call uses seed + i, so each request gets exactly its own seed.
             result = pipe.generate(
-                [r.prompt for r in chunk], steps=steps, guidance=guidance, seed=chunk[0].seed
-            )
+                [r.prompt for r in chunk], steps=steps, guidance=guidance, seed=chunk[0].seed,
+                denoiser=denoiser, decoder=decoder,
+            )  # fmt: skip
             videos.extend(result.videos)
             fps = result.fps
             update(len(videos), len(requests))

@@ -49,10 +49,11 @@ from osp.cli.common import SIZE, console
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "bf16"]),
+    type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
     default=None,
     help="tensorrt: engine precision (default fp16); compile: package precision, fp32 (default) or bf16; "
-    "onnx files are fp32.",
+    "onnx: fp32 (default) or int8 (transformer and text encoder MatMul weights in int8 for CPU "
+    "inference; the VAE stays fp32).",
 )
 @click.option(
     "--components",
@@ -131,15 +132,15 @@ def export(
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
     if target == "onnx":
-        if precision not in (None, "fp32"):
+        if precision not in (None, "fp32", "int8"):
             raise ConfigError(
-                "--precision: ONNX files are exported in fp32 (TensorRT picks fp16/bf16 itself)"
+                f"--precision: ONNX files are fp32 or int8, not {precision} (TensorRT picks fp16/bf16 itself)"
             )
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
         export_onnx(
             model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
-            components=names or DEFAULT_COMPONENTS, report=console.print,
+            components=names or DEFAULT_COMPONENTS, precision=precision or "fp32", report=console.print,
         )  # fmt: skip
     else:
         if flavour == "ort-mha":

@@ -65,6 +65,9 @@ class ComponentEntry(Config):
     sample: dict[str, int]
     attention_nodes: dict[str, int] = Field(default_factory=dict)
     verify: VerifyEntry | None = None
+    quantized: Literal["int8"] | None = Field(
+        None, description="int8: MatMul weights stored as int8, activations quantized on every call"
+    )
     build: dict[str, str] = Field(
         default_factory=dict,
         description="TensorRT: engine cache key and its parts; compile: torch version and device built for",
@@ -78,7 +81,7 @@ class Manifest(Config):
     target: Literal["onnx", "tensorrt", "compile"]
     flavour: Literal["ort", "ort-mha", "trt", "aoti"]
     opset: int | None = Field(None, description="ONNX opset; None for compiled (AOTInductor) packages")
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
     model_kind: Literal["text-to-video", "class-to-video"]
     source: str
     source_weights_sha256: str

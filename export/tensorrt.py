@@ -219,7 +219,7 @@ def export_tensorrt(
     from osp.pipelines.text_to_video import load_pipeline
 
     if precision not in ("fp32", "fp16", "bf16"):
-        raise ConfigError(f"precision: {precision!r}; choose fp32, fp16 or bf16")
+        raise ConfigError(f"--precision: TensorRT engines are fp32, fp16 or bf16, not {precision}")
     register_plugins(flavour)
     model_dir, out = Path(model_dir), Path(out)
     opset = opset or (23 if flavour == "trt" else 18)

@@ -293,3 +293,92 @@ def test_ort_mha_flavour_is_refused_for_tensorrt(t2v_dir: Path, tmp_path: Path) 
                      "--out", str(tmp_path / "e"))  # fmt: skip
     assert code == 2 and "TensorRT cannot parse" in text and "Traceback" not in text
     assert not (tmp_path / "e").exists()
+
+
+def test_int8_export_quantizes_the_transformer_and_keeps_the_vae(t2v_dir: Path, tmp_path: Path) -> None:
+    """--precision int8: the transformer's MatMul weights become int8 (a smaller file, integer matmuls),
+    the VAE decoder stays fp32, and the int8 transformer still tracks eager PyTorch at another shape."""
+    import onnx
+
+    out = tmp_path / "int8"
+    code, text = run("export", "--model", str(t2v_dir), "--target", "onnx", "--precision", "int8",
+                     "--components", "transformer,vae_decoder", "--out", str(out))  # fmt: skip
+    assert code == 0, text
+    assert "transformer: transformer.onnx (int8 MatMul weights)" in text
+    manifest = read_manifest(out)
+    assert manifest.precision == "int8"
+    transformer, decoder = manifest.components["transformer"], manifest.components["vae_decoder"]
+    assert transformer.quantized == "int8" and decoder.quantized is None
+    ops = {name: {n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node}
+           for name in ("transformer", "vae_decoder")}  # fmt: skip
+    assert "MatMulInteger" in ops["transformer"] and "MatMulInteger" not in ops["vae_decoder"]
+    assert transformer.attention_nodes == {"ai.onnx::Attention": 6}  # attention itself stays fp32
+    fp32 = tmp_path / "fp32"
+    fp32.mkdir()
+    export_component(transformer_spec(load_pipeline(t2v_dir).transformer, (3, 4, 6), 16), fp32, verify=False)
+    assert (out / "transformer.onnx").stat().st_size < (fp32 / "transformer.onnx").stat().st_size
+    for path, want in ((fp32, True), (out, False)):  # no weight matrix left in fp32 after quantization
+        graph = onnx.load(str(path / "transformer.onnx")).graph
+        weights = {
+            i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+        }
+        assert any(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node) is want
+    assert transformer.verify is not None and decoder.verify is not None
+    assert 1e-4 < transformer.verify.max_rel < 0.1  # really quantized, still close
+    assert decoder.verify.max_rel < 1e-4
+    pipe = load_pipeline(t2v_dir)
+    spec = transformer_spec(pipe.transformer, (3, 4, 6), 16)
+    inputs = spec.make_inputs(
+        {"batch": 2, "latent_frames": 2, "latent_height": 4, "latent_width": 8, "text_length": 9}, seed=5
+    )
+    with torch.no_grad():
+        expected = pipe.transformer(*inputs).numpy()
+    got = onnx_session(out / "transformer.onnx").run(
+        None, {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)}
+    )[0]
+    rms = float(np.sqrt(((got - expected) ** 2).mean() / (expected**2).mean()))
+    assert rms < 0.05, rms
+    eager = pipe.generate(["a red circle"], seed=3, steps=2)
+    engine = OrtEngine(out, t2v_dir)
+    int8 = pipe.generate(
+        ["a red circle"], seed=3, steps=2, denoiser=engine.denoiser(), decoder=engine.decoder()
+    )
+    pixels = (int8.videos[0].float() - eager.videos[0].float()).abs().mean().item()
+    assert 0 < pixels < 8, pixels  # 0..255 pixels: close to eager, not the same file
+
+
+def test_int8_bad_precision_and_flavour(t2v_dir: Path, tmp_path: Path) -> None:
+    cases = [
+        (["--precision", "int8", "--flavour", "trt"], "int8 is for ONNX Runtime"),
+        (["--precision", "fp16"], "ONNX files are fp32 or int8, not fp16"),
+    ]
+    for args, message in cases:
+        code, text = run(
+            "export", "--model", str(t2v_dir), "--target", "onnx", "--out", str(tmp_path / "e"), *args
+        )
+        assert code == 2 and message in text and "Traceback" not in text, text
+    assert not (tmp_path / "e").exists()
+
+
+def test_eval_adherence_runs_through_an_exported_engine(
+    onnx_dir: Path, t2v_dir: Path, tmp_path: Path
+) -> None:
+    """`osp eval adherence --engine onnx` samples with ONNX Runtime: the same clips as eager, same seeds."""
+    reports = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / engine
+        code, text = run("eval", "adherence", "--model", str(t2v_dir), "--split", "train", "--limit", "2",
+                         "--seeds", "1", "--steps", "2", "--engine", engine, "--engine-dir", str(onnx_dir),
+                         "-o", str(out), "-q")  # fmt: skip
+        assert code == 0, text
+        reports[engine] = json.loads((out / "report.json").read_text())
+    assert reports["onnx"]["engine"] == "onnx" and reports["torch"]["engine"] == "torch"
+    for a, b in zip(reports["torch"]["videos"], reports["onnx"]["videos"], strict=True):
+        assert a["seed"] == b["seed"]
+        clips = [
+            read_video(tmp_path / engine / v["path"]).frames.float()
+            for engine, v in (("torch", a), ("onnx", b))
+        ]
+        assert (clips[0] - clips[1]).abs().mean() < 1.0  # same pixels up to the video codec
+    code, text = run("eval", "adherence", "--labels", str(tmp_path / "x.jsonl"), "--engine", "onnx", "-q")
+    assert code == 2 and "takes no --model, --engine or --engine-dir" in text
