@@ -104,6 +104,10 @@ def generate(
         raise ConfigError(f"--engine-dir: --engine {engine} runs an exported folder; give --engine-dir DIR")
     if freeze and engine != "compile":
         raise ConfigError(f"--freeze: only --engine compile freezes weights (this is --engine {engine})")
+    if freeze and engine_dir is not None:
+        raise ConfigError(
+            "--freeze: the packages in --engine-dir were compiled with frozen weights already; drop --freeze"
+        )
     cfg = GenerateConfig.from_dict(
         dict(
             prompts=list(prompts),

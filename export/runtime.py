@@ -294,6 +294,8 @@ def make_engine(
         raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
     if freeze and name != "compile":
         raise ConfigError(f"--freeze: only the compile engine freezes weights, not {name!r}")
+    if freeze and engine_dir is not None:
+        raise ConfigError("--freeze: the packages in --engine-dir were compiled with frozen weights already")
     if name == "torch":
         return TorchEngine(pipe.transformer)
     if name == "compile" and engine_dir is None:

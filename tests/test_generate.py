@@ -78,9 +78,14 @@ def test_cli_options_override_the_model_defaults(tmp_path: Path, t2v_dir: Path) 
         (["--class-label", "3"], "text-to-video model"),
         (["-o", "x.avi"], "must end in .mp4"),
         (["--freeze"], "--freeze: only --engine compile"),
+        (
+            ["--engine", "compile", "--freeze", "--engine-dir", "{tmp}"],
+            "compiled with frozen weights already",
+        ),
     ],
 )
 def test_generate_bad_input(tmp_path: Path, t2v_dir: Path, args: list[str], message: str) -> None:
+    args = [a.format(tmp=tmp_path) for a in args]
     code, text = run("generate", "a cat", "--model", str(t2v_dir), "-o", str(tmp_path / "o.mp4"), "-q", *args)
     assert code == 2, text
     assert message in text and "Traceback" not in text
