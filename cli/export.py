@@ -52,8 +52,8 @@ from osp.cli.common import SIZE, console
     type=click.Choice(["fp32", "fp16", "bf16", "int8"]),
     default=None,
     help="tensorrt: engine precision (default fp16); compile: package precision, fp32 (default) or bf16; "
-    "onnx: fp32 (default) or int8 (transformer and text encoder MatMul weights in int8 for CPU "
-    "inference; the VAE stays fp32).",
+    "onnx: fp32 (default) or int8 (the transformer's MatMul weights in int8, for CPU inference; the VAE "
+    "and text encoder stay fp32).",
 )
 @click.option(
     "--components",
