@@ -28,10 +28,11 @@ osp train --config configs/demo/dit.yaml
 osp train --config configs/demo/dit-continue.yaml  # stage 2, from stage 1's EMA weights
 osp train --config configs/demo/dit-stage3.yaml    # stage 3, from stage 2's EMA weights
 osp train --config configs/demo/dit-stage4.yaml    # stage 4, from stage 3's EMA weights
+osp train --config configs/demo/dit-stage5.yaml    # stage 5, from stage 4's EMA weights
 
 # 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
 [ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
-osp models assemble --transformer "$runs/dit-stage4/ema" --vae "$runs/vae-decoder-continue/ema" -o "$runs/osp-demo-t2v"
+osp models assemble --transformer "$runs/dit-stage5/ema" --vae "$runs/vae-decoder-continue/ema" -o "$runs/osp-demo-t2v"
 for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
     osp reconstruct "$clip" --vae "$runs/vae-decoder-continue/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
 done
