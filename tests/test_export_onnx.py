@@ -208,7 +208,9 @@ def test_generate_with_onnx_engine_writes_a_matching_video(
         assert code == 0, text
         videos[engine] = read_video(out).frames.float()
     assert videos["onnx"].shape == (9, 3, 32, 48)
-    assert (videos["onnx"] - videos["torch"]).abs().mean() < 1.0  # same pixels up to the video codec
+    # Float rounding flips a few uint8 values and the encoder's choices then move the decoded frames by
+    # about one level on average (seen: 0.6-1.06 between runs); a wrong engine is tens of levels off.
+    assert (videos["onnx"] - videos["torch"]).abs().mean() < 3.0  # same pixels up to the video codec
 
 
 def test_export_and_generate_bad_input(onnx_dir: Path, t2v_dir: Path, tmp_path: Path) -> None:
@@ -379,6 +381,6 @@ def test_eval_adherence_runs_through_an_exported_engine(
             read_video(tmp_path / engine / v["path"]).frames.float()
             for engine, v in (("torch", a), ("onnx", b))
         ]
-        assert (clips[0] - clips[1]).abs().mean() < 1.0  # same pixels up to the video codec
+        assert (clips[0] - clips[1]).abs().mean() < 3.0  # same pixels up to the video codec
     code, text = run("eval", "adherence", "--labels", str(tmp_path / "x.jsonl"), "--engine", "onnx", "-q")
     assert code == 2 and "takes no --model, --engine or --engine-dir" in text
