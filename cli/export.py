@@ -132,10 +132,6 @@ def export(
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
     if target == "onnx":
-        if precision not in (None, "fp32", "int8"):
-            raise ConfigError(
-                f"--precision: ONNX files are fp32 or int8, not {precision} (TensorRT picks fp16/bf16 itself)"
-            )
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
         export_onnx(

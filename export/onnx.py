@@ -317,7 +317,7 @@ def verify_onnx(spec: ComponentSpec, path: Path, tolerance: float | None = None)
     session = onnx_session(path)
     got = session.run(None, {s.name: t.numpy() for s, t in zip(spec.inputs, inputs, strict=True)})
     return compare(
-        spec.name, [e.float().numpy() for e in expected], got, tolerance or spec.tolerance, spec.check,
+        spec.name, [e.float().numpy() for e in expected], got, spec.tolerance if tolerance is None else tolerance, spec.check,
         "onnxruntime",
     )  # fmt: skip
 
@@ -382,7 +382,9 @@ def export_onnx(
     if opset not in OPSETS:
         raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
     if precision not in ("fp32", "int8"):
-        raise ConfigError(f"--precision: ONNX files are fp32 or int8, not {precision}")
+        raise ConfigError(
+            f"--precision: ONNX files are fp32 or int8, not {precision} (TensorRT picks fp16/bf16 itself)"
+        )
     if precision == "int8" and flavour == "trt":
         raise ConfigError(
             "--precision: int8 is for ONNX Runtime (flavours ort, ort-mha), not the trt flavour"

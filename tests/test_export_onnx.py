@@ -315,9 +315,11 @@ def test_int8_export_quantizes_the_transformer_and_keeps_the_vae(t2v_dir: Path, 
            for name in ("transformer", "vae_decoder")}  # fmt: skip
     assert "MatMulInteger" in ops["transformer"] and "MatMulInteger" not in ops["vae_decoder"]
     assert transformer.attention_nodes == {"ai.onnx::Attention": 6}  # attention itself stays fp32
+    pipe = load_pipeline(t2v_dir)
+    spec = transformer_spec(pipe.transformer, (3, 4, 6), 16)
     fp32 = tmp_path / "fp32"
     fp32.mkdir()
-    export_component(transformer_spec(load_pipeline(t2v_dir).transformer, (3, 4, 6), 16), fp32, verify=False)
+    export_component(spec, fp32, verify=False)
     assert (out / "transformer.onnx").stat().st_size < (fp32 / "transformer.onnx").stat().st_size
     for path, want in ((fp32, True), (out, False)):  # no weight matrix left in fp32 after quantization
         graph = onnx.load(str(path / "transformer.onnx")).graph
@@ -328,8 +330,6 @@ def test_int8_export_quantizes_the_transformer_and_keeps_the_vae(t2v_dir: Path, 
     assert transformer.verify is not None and decoder.verify is not None
     assert 1e-4 < transformer.verify.max_rel < 0.1  # really quantized, still close
     assert decoder.verify.max_rel < 1e-4
-    pipe = load_pipeline(t2v_dir)
-    spec = transformer_spec(pipe.transformer, (3, 4, 6), 16)
     inputs = spec.make_inputs(
         {"batch": 2, "latent_frames": 2, "latent_height": 4, "latent_width": 8, "text_length": 9}, seed=5
     )
