@@ -13,7 +13,7 @@ import test_export_onnx
 import torch
 from torch.torch_version import TorchVersion
 
-from osp.export.aoti import build_info
+from osp.export.aoti import build_info, load_package
 from osp.export.manifest import read_manifest
 from osp.export.runtime import AotiEngine, make_engine
 from osp.io.video import read_video
@@ -98,6 +98,36 @@ def test_generate_with_packages_writes_the_eager_video(
         videos[engine] = read_video(out).frames.float()
     assert videos["compile"].shape == (9, 3, 32, 48)
     assert (videos["compile"] - videos["torch"]).abs().mean() < 3.0  # same pixels up to the video codec
+
+
+def test_vae_encoder_and_text_encoder_packages_match_eager(t2v_dir: Path, tmp_path: Path) -> None:
+    """The components `osp generate` does not load, packaged for other programs: run from the .pt2 files
+    at shapes other than the traced ones, against the VAE's posterior and the text encoder's states."""
+    out = tmp_path / "encoders"
+    code, text = run("export", "--model", str(t2v_dir), "--target", "compile", "--out", str(out),
+                     "--components", "vae_encoder,text_encoder")  # fmt: skip
+    assert code == 0, text
+    manifest = read_manifest(out)
+    assert sorted(manifest.components) == ["text_encoder", "vae_encoder"]
+    pipe = load_pipeline(t2v_dir)
+    assert isinstance(pipe, TextToVideo)
+    encode = load_package(out / manifest.components["vae_encoder"].file, torch.device("cpu"))
+    video = (
+        torch.rand(2, 3, 13, 48, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    )  # traced: 9x32x48
+    mean, logvar = encode(video)
+    with torch.no_grad():
+        posterior = pipe.vae.encode(video)
+    torch.testing.assert_close(mean, posterior.mean, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logvar, posterior.logvar, rtol=1e-4, atol=1e-4)
+    states = load_package(out / manifest.components["text_encoder"].file, torch.device("cpu"))
+    encoder = pipe.text_encoder
+    prompts = ["a red circle moving left", "on a white background a yellow triangle slides up", "x"]
+    tokens = encoder.tokenizer(
+        prompts, padding="max_length", max_length=20, truncation=True, return_tensors="pt"
+    )
+    got = states(tokens["input_ids"], tokens["attention_mask"])
+    torch.testing.assert_close(got, encoder.encode(prompts, max_length=20).states, rtol=1e-4, atol=1e-4)
 
 
 def _edited(package_dir: Path, tmp_path: Path, name: str, edit: dict[str, str]) -> Path:

@@ -132,6 +132,37 @@ def test_vae_encoder_export_is_dynamic_in_batch_frames_and_size(onnx_dir: Path, 
     assert _ort_vs_eager(onnx_dir / "vae_encoder.onnx", ["video"], spec.module, inputs) < 1e-4
 
 
+def _tokens(encoder, prompts: list[str], length: int) -> dict[str, np.ndarray]:
+    tokens = encoder.tokenizer(
+        prompts, padding="max_length", truncation=True, max_length=length, return_tensors="np"
+    )
+    return {
+        "input_ids": tokens["input_ids"].astype(np.int64),
+        "attention_mask": tokens["attention_mask"].astype(np.int64),
+    }
+
+
+def test_text_encoder_export_gives_the_encoders_states(t2v_dir: Path, tmp_path: Path) -> None:
+    """MiniLM exported alone, run by ONNX Runtime at batch sizes and token counts other than the traced
+    ones, against what the text encoder itself (transformers) hands the denoiser."""
+    out = tmp_path / "text"
+    code, text = run("export", "--model", str(t2v_dir), "--target", "onnx", "--out", str(out),
+                     "--components", "text_encoder")  # fmt: skip
+    assert code == 0, text
+    manifest = read_manifest(out)
+    assert list(manifest.components) == ["text_encoder"]
+    entry = manifest.components["text_encoder"]
+    assert [i.name for i in entry.inputs] == ["input_ids", "attention_mask"]
+    assert entry.verify is not None and entry.verify.max_rel < 1e-4
+    encoder = load_pipeline(t2v_dir).text_encoder
+    session = onnx_session(out / entry.file)
+    for prompts, length in ((["a red circle moving left"], 12),
+                            (["a blue square", "on a white background a yellow triangle slides up", "x"], 24)):  # fmt: skip
+        expected = encoder.encode(prompts, max_length=length)
+        (got,) = session.run(None, _tokens(encoder, prompts, length))
+        np.testing.assert_allclose(got, expected.states.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_class_latte_export(tmp_path: Path) -> None:
     torch.manual_seed(0)
     # One spatial + one temporal block: every code path of the tiny preset at half its export time.
