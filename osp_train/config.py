@@ -142,6 +142,10 @@ class TrainConfig(Config):
                 "data.use_image_num: features hold no images; joint image-video training runs with the "
                 "VAE in the loop (drop features)"
             )
+        if self.data.color_jitter is not None and self.task == "dit":
+            raise ValueError(
+                "data.color_jitter: changes the colours that captions and labels name; it is for task vae"
+            )
         if self.task == "dit" and self.vae is None and self.features is None:
             raise ValueError("vae: task dit needs the frozen VAE that makes its latents (or features)")
         if self.features is not None and self.task != "dit":

