@@ -21,6 +21,7 @@ osp vae calibrate "$runs/vae/ema" $(ls "$runs"/synth-dit/clips/*.mp4 | head -64)
 # Then the decoder alone (encoder frozen: the latents, and their scaling_factor, stay the same).
 osp train --config configs/demo/vae-decoder.yaml
 osp train --config configs/demo/vae-decoder-continue.yaml  # the decoder again, from that stage's EMA
+osp train --config configs/demo/vae-decoder-17f.yaml       # the decoder on 17-frame clips
 
 # 3. Latents and caption states, once; then the transformer.
 [ -d "$runs/features" ] || osp extract --config configs/demo/dit.yaml
@@ -32,10 +33,10 @@ osp train --config configs/demo/dit-stage5.yaml    # stage 5, from stage 4's EMA
 
 # 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
 [ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
-osp models assemble --transformer "$runs/dit-stage5/ema" --vae "$runs/vae-decoder-continue/ema" -o "$runs/osp-demo-t2v"
+osp models assemble --transformer "$runs/dit-stage5/ema" --vae "$runs/vae-decoder-17f/ema" -o "$runs/osp-demo-t2v"
 for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
-    osp reconstruct "$clip" --vae "$runs/vae-decoder-continue/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
+    osp reconstruct "$clip" --vae "$runs/vae-decoder-17f/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
 done
-osp reconstruct "$(osp samples bigbuckbunny)" --vae "$runs/vae-decoder-continue/ema" --frames 17 --size 64 -o "$runs/recon/bigbuckbunny.mp4"
+osp reconstruct "$(osp samples bigbuckbunny)" --vae "$runs/vae-decoder-17f/ema" --frames 17 --size 64 -o "$runs/recon/bigbuckbunny.mp4"
 osp eval adherence --model "$runs/osp-demo-t2v" --seeds 4 --split all --out "$runs/eval"
 echo "copy $runs/osp-demo-t2v to osp/models/osp-demo-t2v to bundle it"
