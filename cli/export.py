@@ -15,7 +15,7 @@ from osp.cli.common import SIZE, console
     "model_dir",
     type=click.Path(path_type=Path),
     required=True,
-    help="osp model folder (pipeline.json + transformer/ + vae/).",
+    help="osp model folder (pipeline.json + transformer/ + vae/), or a model name from `osp models`.",
 )
 @click.option(
     "--target",
@@ -100,8 +100,10 @@ def export(
 ) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
     from osp.errors import ConfigError
+    from osp.pipelines.bundled import resolve_model
     from osp.pipelines.text_to_video import read_spec
 
+    model_dir = resolve_model(model_dir)
     read_spec(model_dir)  # a missing or foreign folder fails here, before any heavy import
     names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
     if target == "compile" and out is not None:

@@ -6,6 +6,7 @@ measured by the model-free adherence evaluator.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,18 @@ def test_unknown_model_name_is_one_line() -> None:
     result = CliRunner().invoke(cli, ["generate", "x", "--model", "no-such-model", "-o", "/tmp/never.mp4"])
     assert result.exit_code == 2 and "no-such-model" in result.output
     assert not Path("/tmp/never.mp4").exists()
+
+
+def test_export_takes_the_bundled_model_by_name(tmp_path: Path) -> None:
+    """`osp export --model NAME` finds the model as `osp generate --model NAME` does."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "decoder"
+    result = CliRunner().invoke(cli, ["export", "--model", DEFAULT_MODEL, "--target", "onnx",
+                                      "--components", "vae_decoder", "--out", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == str(bundled_model_dir().resolve()) and list(manifest["components"]) == [
+        "vae_decoder"
+    ]
+    result = CliRunner().invoke(cli, ["export", "--model", "no-such-model", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no-such-model is neither a folder nor a model name" in result.output
