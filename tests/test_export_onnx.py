@@ -252,7 +252,7 @@ def test_export_and_generate_bad_input(onnx_dir: Path, t2v_dir: Path, tmp_path: 
     (other / "manifest.json").write_text(json.dumps(manifest))
     gen = ["generate", "a cat", "--model", str(t2v_dir), "-o", str(tmp_path / "o.mp4"), "-q"]
     cases = [
-        (["export", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "x")], "not an osp model folder"),
+        (["export", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "x")], "none is neither a folder nor a model name"),
         (["export", "--model", str(t2v_dir), "--target", "coreml"], "Invalid value for '--target'"),
         (["export", "--model", str(t2v_dir)], "--out"),
         (["export", "--model", str(t2v_dir), "--out", str(tmp_path / "x"), "--opset", "30"], "opset: 30"),

@@ -209,7 +209,7 @@ def _luma(frames: torch.Tensor) -> torch.Tensor:
 
 def test_color_jitter_against_plain_rgb_formulas() -> None:
     """Chroma scaled by s is grey + s * (colour - grey); half a turn of hue is 2 * grey - colour
-    (grey = the pixel's luma in every channel); nothing at all leaves the frames as they were."""
+    (grey = the pixel's luma in every channel); no turn at scale 1 leaves the frames as they were."""
     gen = torch.Generator().manual_seed(0)
     frames = torch.randint(100, 157, (3, 3, 8, 8), generator=gen, dtype=torch.uint8)  # no clamping below
     grey = _luma(frames).unsqueeze(-3)
