@@ -161,7 +161,7 @@ def compile_component(spec: ComponentSpec, folder: Path, *, device: torch.device
     path = folder / f"{spec.name}{PACKAGE_SUFFIX}"
     inputs = tuple(t.to(device) for t in spec.make_inputs(spec.sample))
     configs: dict[str, Any] = {"freezing": True}
-    if dynamic and any(a.multiple > 1 or a.offset for a in spec.axes.values()):
+    if dynamic and any(a.derived for a in spec.axes.values()):
         # Axes of the form m*k+c (the VAE encoder's 4k+1 frames, 8k pixels): freezing's channels-last
         # pass cannot express output strides in the free k ("materialize_symints: no producer").
         configs["layout_optimization"] = False

@@ -50,13 +50,18 @@ class Axis:
     def valid(self, size: int) -> bool:
         return self.min <= size <= self.max and (size - self.offset) % self.multiple == 0
 
+    @property
+    def derived(self) -> bool:
+        """Sizes follow ``multiple * k + offset`` rather than every integer in range."""
+        return self.multiple > 1 or self.offset != 0
+
     def describe(self) -> str:
         form = f"{self.multiple}k+{self.offset}" if self.offset else f"{self.multiple}k"
-        return f"{self.min}..{self.max}" + (f" ({form})" if self.multiple > 1 or self.offset else "")
+        return f"{self.min}..{self.max}" + (f" ({form})" if self.derived else "")
 
     def dim(self) -> Any:
         """The ``torch.export`` dimension: derived from a free ``k`` when sizes follow a multiple."""
-        if self.multiple == 1 and self.offset == 0:
+        if not self.derived:
             return Dim(self.name, min=self.min, max=self.max)
         k = Dim(
             f"{self.name}_k",
