@@ -71,6 +71,53 @@ def cut(
 
 
 @data.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Clips per image.")
+@click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True)
+@click.option("--size", type=click.IntRange(min=8), default=64, show_default=True, help="Square clip side.")
+@click.option(
+    "--min-scale",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.3,
+    show_default=True,
+    help="Smallest window, as a fraction of the short side.",
+)
+@click.option(
+    "--zoom",
+    type=click.FloatRange(min=0),
+    default=0.15,
+    show_default=True,
+    help="Largest change of the window side over a clip, as a fraction.",
+)
+@click.option(
+    "--travel",
+    type=click.FloatRange(min=0),
+    default=0.5,
+    show_default=True,
+    help="Farthest the window centre moves over a clip, in window sides.",
+)
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def pan(
+    images: tuple[Path, ...], out: Path, count: int, frames: int, size: int, min_scale: float, zoom: float,
+    travel: float, fps: float, seed: int, overwrite: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Make COUNT clips from each still of IMAGES by panning and zooming a window across it, into OUT."""
+    from osp.progress import ProgressDisplay
+    from osp.synth.cut import pan_clips
+
+    with ProgressDisplay(enabled=not quiet) as progress, progress.step("pan", count * len(images)) as update:
+        manifest = pan_clips(
+            images, out, count=count, frames=frames, size=size, min_scale=min_scale, zoom=zoom,
+            travel=travel, fps=fps, seed=seed, overwrite=overwrite, progress=update,
+        )  # fmt: skip
+    console.print(f"wrote {count * len(images)} clips and {manifest}")
+
+
+@data.command()
 @click.argument("manifests", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def merge(manifests: tuple[Path, ...], out: Path) -> None:

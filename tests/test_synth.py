@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from osp.cli.main import cli
 from osp.errors import ConfigError, VideoReadError
-from osp.io.samples import sample_video
+from osp.io.samples import SAMPLE_STILLS, sample_still, sample_video
+from osp.io.video import read_video, write_video
+from osp.synth.cut import pan_windows
 from osp.synth.dataset import clip_rng, read_labels, synth_clips, write_synth_dataset
 from osp.synth.shapes import (
     BACKGROUNDS,
@@ -121,3 +124,91 @@ def test_cut_and_merge_keep_paths_resolvable(tmp_path: Path) -> None:
     assert all(row["path"].startswith("../") for row in rows)
     entries = read_manifest(merged)
     assert len(entries) == 5 and all(e.path.is_file() for e in entries)
+
+
+def _ramp_image(path: Path, height: int = 200, width: int = 300) -> Path:
+    """An image whose red channel is the column and green channel the row (scaled to 0..255)."""
+    from PIL import Image
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    rgb = np.stack([xs * 255 / (width - 1), ys * 255 / (height - 1), np.full_like(xs, 128.0)], -1)
+    Image.fromarray(rgb.round().astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_pan_windows_stay_inside_and_move_at_constant_speed(seed: int) -> None:
+    import random
+
+    h, w, zoom, travel = 180, 320, 0.2, 0.5
+    windows = pan_windows(h, w, 17, random.Random(seed), min_scale=0.3, zoom=zoom, travel=travel)
+    assert len(windows) == 17
+    for top, left, side in windows:
+        assert top >= 0 and top + side <= h and left >= 0 and left + side <= w and side >= 0.3 * h - 1
+    centres = np.array([(t + s / 2, x + s / 2) for t, x, s in windows])
+    sides = np.array([s for _, _, s in windows], dtype=float)
+    # constant speed: every step moves the centre by the same amount, up to the 1-pixel rounding
+    steps = np.diff(centres, axis=0)
+    assert np.abs(steps - steps.mean(0)).max() <= 1.0
+    assert abs(sides[-1] / sides[0] - 1) <= zoom + 2 / sides[0]
+    assert np.abs(centres[-1] - centres[0]).max() <= travel * sides[0] + 1
+
+
+def test_pan_clips_show_a_window_moving_across_the_image(tmp_path: Path) -> None:
+    image = _ramp_image(tmp_path / "ramp.png")
+    code, text = run("data", "pan", str(image), "-o", str(tmp_path / "pan"), "--count", "3", "--frames", "9",
+                     "--size", "32", "--travel", "1.0", "--zoom", "0", "-q")  # fmt: skip
+    assert code == 0, text
+    entries = read_manifest(tmp_path / "pan" / "manifest.jsonl")
+    assert len(entries) == 3 and all(e.caption == "a clip of ramp" for e in entries)
+    for entry in entries:
+        clip = read_video(entry.path).frames.float()  # (9, 3, 32, 32)
+        assert clip.shape == (9, 3, 32, 32) and entry.fps == 8.0
+        # the red/green means are the window centre's column/row: they move in a straight line at one speed
+        centre = clip[:, :2].mean(dim=(2, 3)).numpy()
+        steps = np.diff(centre, axis=0)
+        assert np.abs(steps - steps.mean(0)).max() < 2.5
+        # with zoom 0 the window keeps its side: the red range across a frame stays the same
+        spread = (clip[:, 0, :, -4:].mean() - clip[:, 0, :, :4].mean()).item()
+        per_frame = (clip[:, 0, :, -4:].mean(dim=(1, 2)) - clip[:, 0, :, :4].mean(dim=(1, 2))).numpy()
+        assert np.abs(per_frame - spread).max() < 3.0
+    # clip i depends only on (seed, name, i): a second run is the same, another seed is not
+    code, text = run("data", "pan", str(image), "-o", str(tmp_path / "again"), "--count", "3", "--frames", "9",
+                     "--size", "32", "--travel", "1.0", "--zoom", "0", "-q")  # fmt: skip
+    first, again = (read_video(tmp_path / d / "clips" / "ramp_00002.mp4").frames for d in ("pan", "again"))
+    assert code == 0 and torch.equal(first, again)
+    run("data", "pan", str(image), "-o", str(tmp_path / "other"), "--count", "3", "--frames", "9", "--size", "32",
+        "--seed", "1", "-q")  # fmt: skip
+    assert not torch.equal(first, read_video(tmp_path / "other" / "clips" / "ramp_00002.mp4").frames)
+
+
+def test_pan_refuses_videos_small_images_and_unreadable_files(tmp_path: Path) -> None:
+    small = _ramp_image(tmp_path / "small.png", 40, 60)
+    code, text = run("data", "pan", str(small), "-o", str(tmp_path / "a"), "--size", "64", "-q")
+    assert code == 2 and "small.png" in text and "smaller than the clip side 64" in text
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    code, text = run("data", "pan", str(broken), "-o", str(tmp_path / "b"), "-q")
+    assert code == 2 and "broken.png" in text and "Traceback" not in text
+    clip = tmp_path / "clip.mp4"
+    write_video(clip, torch.zeros(4, 3, 64, 64, dtype=torch.uint8), 8.0)
+    code, text = run("data", "pan", str(clip), "-o", str(tmp_path / "c"), "-q")
+    assert code == 2 and "clip.mp4" in text and "not a still image" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.png", "clip.mp4", "small.png"]
+
+
+def test_sample_stills_are_colour_photographs(tmp_path: Path) -> None:
+    try:
+        path = sample_still("coffee")
+    except VideoReadError as err:
+        pytest.skip(str(err))
+    code, text = run("samples", "--stills")
+    listed = text.split()
+    assert code == 0 and len(listed) == len(SAMPLE_STILLS) and all(Path(p).is_file() for p in listed)
+    code, text = run("data", "pan", str(path), "-o", str(tmp_path / "pan"), "--count", "2", "-q")
+    assert code == 0, text
+    clip = read_video(tmp_path / "pan" / "clips" / "coffee_00000.mp4").frames.float() / 255
+    assert clip.shape == (17, 3, 64, 64)
+    assert (clip.max(1).values - clip.min(1).values).mean() > 0.15  # colour, not grey
+    code, text = run("samples", "--stills", "nope")
+    assert code == 2 and "known names" in text
