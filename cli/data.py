@@ -76,27 +76,12 @@ def cut(
 @click.option("--count", type=click.IntRange(min=1), default=100, show_default=True, help="Clips per image.")
 @click.option("--frames", type=click.IntRange(min=1), default=17, show_default=True)
 @click.option("--size", type=click.IntRange(min=8), default=64, show_default=True, help="Square clip side.")
-@click.option(
-    "--min-scale",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.3,
-    show_default=True,
-    help="Smallest window, as a fraction of the short side.",
-)
-@click.option(
-    "--zoom",
-    type=click.FloatRange(min=0),
-    default=0.15,
-    show_default=True,
-    help="Largest change of the window side over a clip, as a fraction.",
-)
-@click.option(
-    "--travel",
-    type=click.FloatRange(min=0),
-    default=0.5,
-    show_default=True,
-    help="Farthest the window centre moves over a clip, in window sides.",
-)
+@click.option("--min-scale", type=click.FloatRange(0, 1, min_open=True), default=0.3, show_default=True,
+              help="Smallest window, as a fraction of the short side.")  # fmt: skip
+@click.option("--zoom", type=click.FloatRange(min=0), default=0.15, show_default=True,
+              help="Largest change of the window side over a clip, as a fraction.")  # fmt: skip
+@click.option("--travel", type=click.FloatRange(min=0), default=0.5, show_default=True,
+              help="Farthest the window centre moves over a clip, in window sides.")  # fmt: skip
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=8.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
