@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from osp.errors import ConfigError
-from osp.io.video import STILL_FPS, Video, read_video, resize_crop, write_video
+from osp.io.video import IMAGE_SUFFIXES, Video, read_video, resize_crop, write_video
 from osp.io.weights import atomic_dir
 from osp.progress import Update
 
@@ -157,10 +157,11 @@ def pan_clips(
         raise ConfigError(f"zoom/travel: must be >= 0, got {zoom} / {travel}")
     if fps <= 0:
         raise ConfigError(f"fps: must be > 0, got {fps}")
+    for path in sources:  # refused by name, before a video would be decoded to no purpose
+        if Path(path).suffix.lower() not in IMAGE_SUFFIXES:
+            raise ConfigError(f"{path}: not a still image (osp data cut takes videos)")
     videos = [read_video(path) for path in sources]  # VideoReadError names a bad file before any write
     for path, video in zip(sources, videos, strict=True):
-        if video.fps != STILL_FPS or video.num_frames != 1:
-            raise ConfigError(f"{path}: not a still image (osp data cut takes videos)")
         if min(video.height, video.width) < size:
             raise ConfigError(f"{path}: {video.width}x{video.height} is smaller than the clip side {size}")
 
