@@ -10,6 +10,11 @@ Three flavours, all with attention as one node:
 * ``trt``: attention is the ``osp::attention`` custom node that TensorRT maps to osp's Triton plugin.
   No stock runtime executes it, so these files are checked when TensorRT builds them.
 
+The two ONNX Runtime flavours also spell two of the VAE's operations the way its CPU kernels run
+fast, with the same values: nearest up-sampling by whole factors as copies instead of ``Resize``, and
+GroupNorm's statistics reduced one run of adjacent axes at a time. Together they took the bundled
+demo VAE's decoder at 17x128x128 from 0.65 to about 0.5 s on a 2-core Xeon.
+
 ``precision="int8"`` (CPU deployment) stores the transformer's MatMul weights as int8, per output
 channel, and quantizes their activations on every call (ONNX Runtime's dynamic quantization, run after
 the fp32 export). The VAE stays fp32 (its convolutions draw the pixels), and so does the text encoder:
@@ -172,14 +177,110 @@ def _mha_attention(
     return op.Transpose(out, perm=[0, 2, 1, 3])
 
 
+def _nearest_upsample(x: Any, output_size: Any = None, scale_factors: Sequence[float] | None = None) -> Any:
+    """Nearest up-sampling by whole factors, spelled for ONNX Runtime's CPU kernels.
+
+    The exporter's ``Resize`` runs element by element there (80 ms for the VAE's largest up-sampling,
+    (1, 32, 17, 64, 64) -> 128x128, on a 2-core Xeon; 13 ms in PyTorch). Here the last axis is widened
+    by a MatMul with a 0/1 matrix (row i has ones at columns f*i .. f*i+f-1, built from the input's
+    own width, so the axis stays dynamic) and the other axes by Unsqueeze -> Expand -> Reshape, which
+    copies whole rows: 10 ms for the same tensor. Both give the exact values of ``Resize`` (each output
+    is one input times 1 plus zeros; a non-finite input would also spill NaN into its row). Other
+    scales keep ``Resize``."""
+    import onnx
+    import onnxscript
+
+    op: Any = onnxscript.opset18
+    scales = [float(s) for s in scale_factors or []]
+    if output_size is not None or not scales or any(s != int(s) or s < 1 for s in scales):
+        full = op.Constant(value_floats=[1.0, 1.0, *scales])
+        return op.Resize(x, None, full, mode="nearest", coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")  # fmt: skip
+    factors = [int(s) for s in scales]
+    rank = len(factors) + 2
+    if factors[-1] > 1:
+        width = op.Shape(x, start=rank - 1, end=rank)
+        zero, one = op.Constant(value_int=0), op.Constant(value_int=1)
+        rows = op.Range(zero, op.Squeeze(width), one)
+        cols = op.Range(zero, op.Squeeze(op.Mul(width, op.Constant(value_ints=[factors[-1]]))), one)
+        source = op.Div(cols, op.Constant(value_int=factors[-1]))
+        widen = op.Equal(
+            op.Unsqueeze(rows, op.Constant(value_ints=[1])), op.Unsqueeze(source, op.Constant(value_ints=[0]))
+        )
+        x = op.MatMul(x, op.CastLike(op.Cast(widen, to=onnx.TensorProto.FLOAT), x))
+    grow = [i for i, f in enumerate(factors[:-1]) if f > 1]  # the other spatial axes, counted from 2
+    if not grow:
+        return x
+    # (B, C, D1, D2, ...) -> (B, C, D1, 1, D2, ...) -> (B, C, D1, f1, D2, ...) -> (B, C, D1*f1, D2, ...)
+    blocks = op.Unsqueeze(x, op.Constant(value_ints=[3 + i + n for n, i in enumerate(grow)]))
+    spread, merged = [op.Shape(x, start=0, end=2)], [op.Shape(x, start=0, end=2)]
+    for i in range(rank - 2):
+        size = op.Shape(x, start=2 + i, end=3 + i)
+        spread.append(size)
+        if i in grow:
+            spread.append(op.Constant(value_ints=[factors[i]]))
+            size = op.Mul(size, op.Constant(value_ints=[factors[i]]))
+        merged.append(size)
+    return op.Reshape(op.Expand(blocks, op.Concat(*spread, axis=0)), op.Concat(*merged, axis=0))
+
+
+def _var_mean(x: Any, dim: Sequence[int] | None = None, unbiased: bool | None = None,
+              keepdim: bool = False, *, correction: float | None = None) -> Any:  # fmt: skip
+    """``var_mean`` reduced one run of adjacent axes at a time, the innermost run first.
+
+    ONNX Runtime's CPU ``ReduceMean`` over axes that are not adjacent (GroupNorm's per-frame
+    statistics reduce (C/G, H*W) of (B, G, C/G, T, H*W)) runs 7x slower than over the innermost axis
+    followed by the next (3.7 ms against 0.5 ms at 128x128). A mean of equal-sized means is the mean,
+    so the result is the same up to float rounding. Serves ``var_mean.dim`` (``unbiased``) and
+    ``var_mean.correction``."""
+    import onnxscript
+
+    op: Any = onnxscript.opset18
+    rank = len(x.shape)
+    axes = sorted({d % rank for d in dim} if dim else set(range(rank)))
+    runs: list[list[int]] = []
+    for axis in axes:
+        if runs and runs[-1][-1] == axis - 1:
+            runs[-1].append(axis)
+        else:
+            runs.append([axis])
+
+    def mean(v: Any) -> Any:
+        for run in reversed(runs):
+            v = op.ReduceMean(v, op.Constant(value_ints=run), keepdims=1)
+        return v
+
+    mu = mean(x)
+    centred = op.Sub(x, mu)
+    var = mean(op.Mul(centred, centred))
+    if correction is None:
+        correction = 1.0 if unbiased is None or unbiased else 0.0
+    if correction:  # n / (n - correction), n the number of elements reduced
+        count = op.CastLike(
+            op.ReduceProd(op.Gather(op.Shape(x), op.Constant(value_ints=axes)), keepdims=0), x
+        )
+        var = op.Mul(var, op.Div(count, op.Sub(count, op.CastLike(float(correction), x))))
+    if not keepdim:
+        squeeze = op.Constant(value_ints=axes)
+        var, mu = op.Squeeze(var, squeeze), op.Squeeze(mu, squeeze)
+    return var, mu
+
+
 @contextlib.contextmanager
 def _flavour(flavour: Flavour, opset: int) -> Iterator[dict[Any, Callable[..., Any]] | None]:
-    """The translation table for the exporter, with the attention routing the flavour needs."""
+    """The translation table for the exporter, with the attention routing the flavour needs (and, for
+    ONNX Runtime, the faster spelling of the VAE's up-sampling)."""
+    aten = torch.ops.aten
+    ort_table: dict[Any, Callable[..., Any]] = {
+        aten.upsample_nearest3d.vec: _nearest_upsample,
+        aten.var_mean.dim: _var_mean,
+        aten.var_mean.correction: _var_mean,
+    }
     if flavour == "ort":
-        yield {torch.ops.aten.scaled_dot_product_attention.default: _ort_attention} if opset >= 23 else None
+        yield ort_table | ({aten.scaled_dot_product_attention.default: _ort_attention} if opset >= 23 else {})
         return
     if flavour == "ort-mha":
-        yield {torch.ops.aten.scaled_dot_product_attention.default: _mha_attention}
+        yield ort_table | {aten.scaled_dot_product_attention.default: _mha_attention}
         return
     try:
         from osp.kernels.onnx import translation_table

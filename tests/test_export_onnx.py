@@ -22,7 +22,14 @@ from osp.errors import OspError
 from osp.export.manifest import ExportError, read_manifest
 from osp.export.onnx import compare, export_component, onnx_session
 from osp.export.runtime import OrtEngine
-from osp.export.specs import transformer_spec, vae_decoder_spec, vae_encoder_spec
+from osp.export.specs import (
+    Axis,
+    ComponentSpec,
+    TensorSpec,
+    transformer_spec,
+    vae_decoder_spec,
+    vae_encoder_spec,
+)
 from osp.io.video import read_video
 from osp.pipelines.text_to_video import PipelineSpec, TextToVideo, load_pipeline
 from osp.text import load_text_encoder
@@ -415,3 +422,69 @@ def test_eval_adherence_runs_through_an_exported_engine(
         assert (clips[0] - clips[1]).abs().mean() < 3.0  # same pixels up to the video codec
     code, text = run("eval", "adherence", "--labels", str(tmp_path / "x.jsonl"), "--engine", "onnx", "-q")
     assert code == 2 and "takes no --model, --engine or --engine-dir" in text
+
+
+class _Upsample(torch.nn.Module):
+    def __init__(self, scale: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
+
+
+class _VarMean(torch.nn.Module):
+    def __init__(self, dims: tuple[int, ...], keepdim: bool, correction: int) -> None:
+        super().__init__()
+        self.dims, self.keepdim, self.correction = dims, keepdim, correction
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.var_mean(x, dim=self.dims, correction=self.correction, keepdim=self.keepdim)
+
+
+def _video_spec(name: str, module: torch.nn.Module, outputs: list[TensorSpec]) -> ComponentSpec:
+    axes = {a: Axis(a, 2, 16) for a in ("batch", "frames", "height", "width")}
+    inputs = [TensorSpec("x", ("batch", 3, "frames", "height", "width"))]
+    sample = {"batch": 2, "frames": 3, "height": 4, "width": 6}
+    return ComponentSpec(name, module.eval(), inputs, outputs, axes, sample, check={**sample, "width": 7})
+
+
+@pytest.mark.parametrize("scale", [(1.0, 2.0, 2.0), (2.0, 1.0, 1.0), (2.0, 3.0, 1.0), (1.0, 1.5, 2.0)])
+def test_nearest_upsampling_exports_exactly(scale: tuple[float, float, float], tmp_path: Path) -> None:
+    """Whole-factor nearest up-sampling leaves the exported graph without a Resize (osp spells it as
+    copies) and gives PyTorch's values exactly at untraced sizes; a fractional factor keeps Resize."""
+    import onnx
+
+    out = ("batch", 3, "frames_out", "height_out", "width_out")
+    spec = _video_spec("upsample", _Upsample(scale), [TensorSpec("y", out)])
+    export_component(spec, tmp_path)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "upsample.onnx")).graph.node}
+    assert ("Resize" in ops) is (scale == (1.0, 1.5, 2.0)), ops
+    session = onnx_session(tmp_path / "upsample.onnx")
+    for shape in ((1, 3, 2, 5, 9), (3, 3, 4, 3, 2)):
+        x = torch.randn(shape)
+        expected = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+        got = session.run(None, {"x": x.numpy()})[0]
+        assert got.shape == expected.shape and np.array_equal(got, expected.numpy())
+
+
+@pytest.mark.parametrize(
+    ("dims", "keepdim", "correction"), [((2, 4), True, 0), ((1, 2, 4), False, 1), ((-1,), True, 2)]
+)
+def test_var_mean_exports_to_pytorchs_values(
+    dims: tuple[int, ...], keepdim: bool, correction: int, tmp_path: Path
+) -> None:
+    """GroupNorm's statistics (var_mean over non-adjacent axes), reduced axis run by axis run in the
+    exported graph, match PyTorch's, with or without kept dims and with Bessel-type corrections."""
+    x = torch.randn(3, 3, 5, 4, 7) * 3 + 2
+    module = _VarMean(dims, keepdim, correction)
+    with torch.no_grad():
+        var, mean = module(x)
+    outs = [TensorSpec("var", tuple(f"v{i}" for i in range(var.dim()))),
+            TensorSpec("mean", tuple(f"m{i}" for i in range(mean.dim())))]  # fmt: skip
+    spec = _video_spec("var_mean", module, outs)
+    export_component(spec, tmp_path)
+    got_var, got_mean = onnx_session(tmp_path / "var_mean.onnx").run(None, {"x": x.numpy()})
+    assert got_var.shape == var.shape and got_mean.shape == mean.shape
+    np.testing.assert_allclose(got_mean, mean.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_var, var.numpy(), rtol=1e-5, atol=1e-5)
