@@ -27,7 +27,9 @@ ratios compare runs made under the same machine load:
   (TensorRT's own attention), fp16.
 
 "forward" is one transformer call on a classifier-free-guidance batch (2); "generate" is prompt
-encoding + sampling + VAE decode of one clip. Medians; results go to benchmarks/results/engines.*.
+encoding + sampling + VAE decode of one clip; "VAE decode" is that decode alone (the engine's own
+decoder where it has one, else the pipeline's eager VAE). Medians; results go to
+benchmarks/results/engines.*.
 """
 
 from __future__ import annotations
@@ -199,6 +201,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     forward: dict[str, list[float]] = {name: [] for name in rows}
     generate: dict[str, list[float]] = {name: [] for name in rows}
+    decoded: dict[str, list[float]] = {name: [] for name in rows}  # the VAE decode inside generate
     with torch.inference_mode():
         for _ in range(args.repeats):  # interleaved: every engine sees the same machine load
             for name, (denoise, args_) in calls.items():
@@ -215,13 +218,23 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 compile_s[f"{name} (VAE decoder)"] = timed(lambda h=hook, z=latents: h["decoder"](z))
         for name, (_, _, owner) in rows.items():  # warm-up: the sampler's timestep dtype may recompile once
             owner.generate([PROMPT], steps=1, seed=0, **hooks[name])
+        latents = calls["torch"][1][0][:1].float()  # one clip's latents, as a sampler ends with
+
+        def decode(name: str) -> Callable[[], Any]:
+            owner, own = rows[name][2], hooks[name]["decoder"]
+            if own is not None:
+                return lambda: own(latents)
+            return lambda: owner.vae.decode_latents(latents.to(next(owner.vae.parameters()).dtype))
+
         for _ in range(args.generate_repeats):
             for name, (_, _, owner) in rows.items():
                 generate[name].append(
                     timed(lambda o=owner, h=hooks[name]: o.generate([PROMPT], steps=args.steps, seed=0, **h))
                 )
+                decoded[name].append(timed(decode(name)))
     med_f = {n: statistics.median(v) for n, v in forward.items()}
     med_g = {n: statistics.median(v) for n, v in generate.items()}
+    med_d = {n: statistics.median(v) for n, v in decoded.items()}
     x = calls["torch"][1][0]
     return {
         "model": args.model,
@@ -243,6 +256,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "generate_s": generate,
         "median_forward_s": med_f,
         "median_generate_s": med_g,
+        "decode_s": decoded,
+        "median_decode_s": med_d,
+        "speedup_decode_vs_torch": {n: med_d["torch"] / v for n, v in med_d.items()},
         "speedup_forward_vs_torch": {n: med_f["torch"] / v for n, v in med_f.items()},
         "speedup_generate_vs_torch": {n: med_g["torch"] / v for n, v in med_g.items()},
         "speedup_forward_vs_baseline": {n: med_f[baseline[n]] / v for n, v in med_f.items()},
@@ -302,6 +318,8 @@ def main() -> None:
         "generate s",
         "generate vs eager (same dtype)",
         f"generate vs eager {ref}",
+        "VAE decode s",
+        f"VAE decode vs eager {ref}",
         "max |Δ| forward vs eager (same dtype)",
         f"max |Δ| forward vs eager {ref}",
     ]
@@ -310,6 +328,7 @@ def main() -> None:
          f"{result['speedup_forward_vs_baseline'][name]:.2f}x", f"{result['speedup_forward_vs_torch'][name]:.2f}x",
          f"{result['median_generate_s'][name]:.2f}",
          f"{result['speedup_generate_vs_baseline'][name]:.2f}x", f"{result['speedup_generate_vs_torch'][name]:.2f}x",
+         f"{result['median_decode_s'][name]:.2f}", f"{result['speedup_decode_vs_torch'][name]:.2f}x",
          f"{result['max_abs_diff_forward_vs_baseline'][name]:.1e}", f"{result['max_abs_diff_forward_vs_torch'][name]:.1e}"]
         for name in result["median_forward_s"]
     ]  # fmt: skip
@@ -319,7 +338,7 @@ def main() -> None:
         f"{result['model']} ({result['parameters'] / 1e6:.2f}M parameters), causalvae-small decoder, "
         f"{result['video']} video, latents {result['latents']} (batch 2 = classifier-free guidance), "
         f"{result['dtype']} unless the row says bf16; generate = MiniLM prompt encoding + {result['steps']} DDIM steps + VAE decode.",
-        f"Medians: forward of {args.repeats} rounds x 5 calls, generate of {args.generate_repeats} runs; engines "
+        f"Medians: forward of {args.repeats} rounds x 5 calls, generate and VAE decode of {args.generate_repeats} runs; engines "
         "interleaved round by round in one process, so the ratios compare runs under the same load.",
         f"One-off costs, not in the table: ONNX export {result['onnx_export_s']:.0f} s (transformer + VAE "
         "decoder, with parity checks); torch.compile (blocks for `compile`, the whole model with frozen weights "
