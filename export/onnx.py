@@ -13,7 +13,7 @@ Three flavours, all with attention as one node:
 The two ONNX Runtime flavours also spell two of the VAE's operations the way its CPU kernels run
 fast, with the same values: nearest up-sampling by whole factors as copies instead of ``Resize``, and
 GroupNorm's statistics reduced one run of adjacent axes at a time. Together they took the bundled
-demo VAE's decoder at 17x128x128 from 0.65 to about 0.5 s on a 2-core Xeon.
+demo VAE's decoder at 17x128x128 from 0.65 to about 0.5 s on a 2-core AMD EPYC.
 
 ``precision="int8"`` (CPU deployment) stores the transformer's MatMul weights as int8, per output
 channel, and quantizes their activations on every call (ONNX Runtime's dynamic quantization, run after
@@ -181,7 +181,7 @@ def _nearest_upsample(x: Any, output_size: Any = None, scale_factors: Sequence[f
     """Nearest up-sampling by whole factors, spelled for ONNX Runtime's CPU kernels.
 
     The exporter's ``Resize`` runs element by element there (80 ms for the VAE's largest up-sampling,
-    (1, 32, 17, 64, 64) -> 128x128, on a 2-core Xeon; 13 ms in PyTorch). Here the last axis is widened
+    (1, 32, 17, 64, 64) -> 128x128, on a 2-core AMD EPYC; 13 ms in PyTorch). Here the last axis is widened
     by a MatMul with a 0/1 matrix (row i has ones at columns f*i .. f*i+f-1, built from the input's
     own width, so the axis stays dynamic) and the other axes by Unsqueeze -> Expand -> Reshape, which
     copies whole rows: 10 ms for the same tensor. Both give the exact values of ``Resize`` (each output
@@ -191,11 +191,16 @@ def _nearest_upsample(x: Any, output_size: Any = None, scale_factors: Sequence[f
     import onnxscript
 
     op: Any = onnxscript.opset18
+    resize = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    if output_size is not None:  # sizes asked for: PyTorch's nearest is Resize's floor(out * in / size)
+        sizes = [op.Constant(value_ints=[n]) if isinstance(n, int) else op.Reshape(n, op.Constant(value_ints=[1]))
+                 for n in output_size]  # fmt: skip
+        return op.Resize(x, None, None, op.Concat(op.Shape(x, start=0, end=2), *sizes, axis=0), **resize)
     scales = [float(s) for s in scale_factors or []]
-    if output_size is not None or not scales or any(s != int(s) or s < 1 for s in scales):
-        full = op.Constant(value_floats=[1.0, 1.0, *scales])
-        return op.Resize(x, None, full, mode="nearest", coordinate_transformation_mode="asymmetric",
-                         nearest_mode="floor")  # fmt: skip
+    if not scales:
+        raise ValueError("upsample_nearest3d: neither output sizes nor scale factors")
+    if any(s != int(s) or s < 1 for s in scales):
+        return op.Resize(x, None, op.Constant(value_floats=[1.0, 1.0, *scales]), **resize)
     factors = [int(s) for s in scales]
     rank = len(factors) + 2
     if factors[-1] > 1:
@@ -210,7 +215,7 @@ def _nearest_upsample(x: Any, output_size: Any = None, scale_factors: Sequence[f
         x = op.MatMul(x, op.CastLike(op.Cast(widen, to=onnx.TensorProto.FLOAT), x))
     grow = [i for i, f in enumerate(factors[:-1]) if f > 1]  # the other spatial axes, counted from 2
     if not grow:
-        return x
+        return op.Identity(x)
     # (B, C, D1, D2, ...) -> (B, C, D1, 1, D2, ...) -> (B, C, D1, f1, D2, ...) -> (B, C, D1*f1, D2, ...)
     blocks = op.Unsqueeze(x, op.Constant(value_ints=[3 + i + n for n, i in enumerate(grow)]))
     spread, merged = [op.Shape(x, start=0, end=2)], [op.Shape(x, start=0, end=2)]

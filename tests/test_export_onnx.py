@@ -425,11 +425,14 @@ def test_eval_adherence_runs_through_an_exported_engine(
 
 
 class _Upsample(torch.nn.Module):
-    def __init__(self, scale: tuple[float, float, float]) -> None:
+    def __init__(self, scale: tuple[float, float, float] | None) -> None:
         super().__init__()
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:  # sizes instead of factors, following the input's own (dynamic) sizes
+            size = (x.shape[2], 2 * x.shape[3], x.shape[4] + 3)
+            return torch.nn.functional.interpolate(x, size=size, mode="nearest")
         return torch.nn.functional.interpolate(x, scale_factor=self.scale, mode="nearest")
 
 
@@ -449,21 +452,24 @@ def _video_spec(name: str, module: torch.nn.Module, outputs: list[TensorSpec]) -
     return ComponentSpec(name, module.eval(), inputs, outputs, axes, sample, check={**sample, "width": 7})
 
 
-@pytest.mark.parametrize("scale", [(1.0, 2.0, 2.0), (2.0, 1.0, 1.0), (2.0, 3.0, 1.0), (1.0, 1.5, 2.0)])
-def test_nearest_upsampling_exports_exactly(scale: tuple[float, float, float], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "scale", [(1.0, 2.0, 2.0), (2.0, 1.0, 1.0), (2.0, 3.0, 1.0), (1.0, 1.0, 1.0), (1.0, 1.5, 2.0), None]
+)
+def test_nearest_upsampling_exports_exactly(scale: tuple[float, float, float] | None, tmp_path: Path) -> None:
     """Whole-factor nearest up-sampling leaves the exported graph without a Resize (osp spells it as
-    copies) and gives PyTorch's values exactly at untraced sizes; a fractional factor keeps Resize."""
+    copies) and gives PyTorch's values exactly at untraced sizes; a fractional factor or sizes instead
+    of factors keep Resize."""
     import onnx
 
     out = ("batch", 3, "frames_out", "height_out", "width_out")
     spec = _video_spec("upsample", _Upsample(scale), [TensorSpec("y", out)])
     export_component(spec, tmp_path)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "upsample.onnx")).graph.node}
-    assert ("Resize" in ops) is (scale == (1.0, 1.5, 2.0)), ops
+    assert ("Resize" in ops) is (scale in ((1.0, 1.5, 2.0), None)), ops
     session = onnx_session(tmp_path / "upsample.onnx")
     for shape in ((1, 3, 2, 5, 9), (3, 3, 4, 3, 2)):
         x = torch.randn(shape)
-        expected = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+        expected = _Upsample(scale)(x)
         got = session.run(None, {"x": x.numpy()})[0]
         assert got.shape == expected.shape and np.array_equal(got, expected.numpy())
 
