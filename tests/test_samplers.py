@@ -3,6 +3,8 @@ batched call. The references here are written from the DDPM/DDIM/flow equations,
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import typing
 
 import numpy as np
@@ -249,3 +251,46 @@ def test_bad_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="sampler"):
         SamplerConfig.from_dict({"sampler": "dpm"})
     assert set(typing.get_args(SamplerConfig.model_fields["sampler"].annotation)) == set(SAMPLER_NAMES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flow_euler_equals_diffusers_flow_match_euler(dtype: torch.dtype) -> None:
+    """osp's FlowEuler (no diffusers import) and diffusers' FlowMatchEulerDiscreteScheduler (shift 1,
+    the same sigmas), driven by the same velocity model with guidance: the same samples bit for bit."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from osp.diffusion.schedules import flow_sigmas
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 4, 3, 6, 6, generator=gen).to(dtype)
+    weight = torch.randn(4, 4, generator=gen).to(dtype) * 0.3
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        mixed = torch.einsum("oc,bcthw->bothw", weight, x)  # depends on x, t and the condition
+        return torch.tanh(mixed) * (t / 1000).view(-1, 1, 1, 1, 1).to(x.dtype) + cond["c"]
+
+    cond = {"c": torch.full((2, 1, 1, 1, 1), 0.5, dtype=dtype)}
+    uncond = {"c": torch.zeros(2, 1, 1, 1, 1, dtype=dtype)}
+    ours = sample(
+        velocity, noise, sampler="flow-euler", steps=7, cond=cond, uncond=uncond, guidance_scale=2.5
+    )
+    reference = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    reference.set_timesteps(sigmas=flow_sigmas(7)[:-1].tolist())
+    guided = classifier_free_guidance(velocity, uncond, 2.5)
+    x = noise
+    for t in reference.timesteps:
+        x = reference.step(guided(x, t.expand(2), cond), t, x, return_dict=False)[0]
+    assert ours.dtype == x.dtype == dtype and torch.equal(ours, x)
+
+
+def test_bundled_sampler_path_imports_no_diffusers() -> None:
+    """Sampling with flow-euler (the bundled model's sampler) leaves diffusers, SciPy and torch._dynamo
+    unimported: about 2.5 s of a 2-core CPU that `osp generate` would otherwise pay on every run."""
+    code = (
+        "import sys, torch\n"
+        "from osp.diffusion import sample\n"
+        "sample(lambda x, t, c: -x, torch.randn(1, 4, 2, 4, 4), sampler='flow-euler', steps=3, cond={})\n"
+        "print(sorted(m for m in ('diffusers', 'scipy.stats', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
