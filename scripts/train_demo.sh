@@ -33,7 +33,7 @@ osp train --config configs/demo/dit-stage5.yaml    # stage 5, from stage 4's EMA
 
 # 4. The pipeline folder (fp16 weights); VAE fidelity on clips it never saw; adherence.
 [ -d "$runs/heldout" ] || osp data synth "$runs/heldout" --split heldout --seed 1 --count 48
-osp models assemble --transformer "$runs/dit-stage5/ema" --vae "$runs/vae-decoder-17f/ema" -o "$runs/osp-demo-t2v"
+osp models assemble --transformer "$runs/dit-stage5/ema" --vae "$runs/vae-decoder-17f/ema" --guidance 2.5 -o "$runs/osp-demo-t2v"
 for clip in "$runs"/heldout/clips/00000[0-3].mp4; do
     osp reconstruct "$clip" --vae "$runs/vae-decoder-17f/ema" --frames 17 --size 64 -o "$runs/recon/$(basename "$clip")"
 done
