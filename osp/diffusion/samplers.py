@@ -81,8 +81,9 @@ class FlowEuler:
 
     The arithmetic of diffusers' ``FlowMatchEulerDiscreteScheduler`` with shift 1 and custom sigmas
     (float32 σs, the step in float32, cast back to the model's dtype; tested equal to it bit for bit),
-    written here because importing any diffusers scheduler costs about 2.5 s of a 2-core CPU (it pulls
-    in ``torch._dynamo`` and SciPy), a third of the bundled model's whole ``osp generate``.
+    written here because importing diffusers' scheduler costs about 2 s of a 2-core CPU (it pulls in
+    ``torch._dynamo`` and SciPy), a quarter of the bundled model's whole ``osp generate``. ``step``
+    returns a 1-tuple, as diffusers' ``return_dict=False`` does.
     """
 
     def __init__(self, num_train_timesteps: int = TRAIN_STEPS) -> None:
