@@ -224,7 +224,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             owner, own = rows[name][2], hooks[name]["decoder"]
             if own is not None:
                 return lambda: own(latents)
-            return lambda: owner.vae.decode_latents(latents.to(next(owner.vae.parameters()).dtype))
+            # cast outside the timing: generate casts once too
+            cast = latents.to(next(owner.vae.parameters()).dtype)
+            return lambda: owner.vae.decode_latents(cast)
 
         for _ in range(args.generate_repeats):
             for name, (_, _, owner) in rows.items():

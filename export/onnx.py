@@ -218,7 +218,8 @@ def _nearest_upsample(x: Any, output_size: Any = None, scale_factors: Sequence[f
         return op.Identity(x)
     # (B, C, D1, D2, ...) -> (B, C, D1, 1, D2, ...) -> (B, C, D1, f1, D2, ...) -> (B, C, D1*f1, D2, ...)
     blocks = op.Unsqueeze(x, op.Constant(value_ints=[3 + i + n for n, i in enumerate(grow)]))
-    spread, merged = [op.Shape(x, start=0, end=2)], [op.Shape(x, start=0, end=2)]
+    batch_channels = op.Shape(x, start=0, end=2)
+    spread, merged = [batch_channels], [batch_channels]
     for i in range(rank - 2):
         size = op.Shape(x, start=2 + i, end=3 + i)
         spread.append(size)
@@ -274,7 +275,7 @@ def _var_mean(x: Any, dim: Sequence[int] | None = None, unbiased: bool | None = 
 @contextlib.contextmanager
 def _flavour(flavour: Flavour, opset: int) -> Iterator[dict[Any, Callable[..., Any]] | None]:
     """The translation table for the exporter, with the attention routing the flavour needs (and, for
-    ONNX Runtime, the faster spelling of the VAE's up-sampling)."""
+    ONNX Runtime, the faster spellings of the VAE's up-sampling and GroupNorm statistics)."""
     aten = torch.ops.aten
     ort_table: dict[Any, Callable[..., Any]] = {
         aten.upsample_nearest3d.vec: _nearest_upsample,

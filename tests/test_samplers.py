@@ -285,7 +285,7 @@ def test_flow_euler_equals_diffusers_flow_match_euler(dtype: torch.dtype) -> Non
 
 def test_bundled_sampler_path_imports_no_diffusers() -> None:
     """Sampling with flow-euler (the bundled model's sampler) leaves diffusers, SciPy and torch._dynamo
-    unimported: about 2.5 s of a 2-core CPU that `osp generate` would otherwise pay on every run."""
+    unimported: about 2 s of a 2-core CPU that `osp generate` would otherwise pay on every run."""
     code = (
         "import sys, torch\n"
         "from osp.diffusion import sample\n"
