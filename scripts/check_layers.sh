@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Check the import contracts in .importlinter against the installed layout of osp.
-# export/, kernels/ and cli/ install as osp.export, osp.kernels and osp.cli, so the check runs on the
+# export/, kernels/ and cli/ hold osp.export, osp.kernels and osp.cli (see pyproject), so the check runs on the
 # files of a built wheel (where they sit inside osp/), not on the source tree.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)

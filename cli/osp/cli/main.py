@@ -53,3 +53,7 @@ cli.add_command(reconstruct)
 cli.add_command(vae)
 cli.add_command(samples)
 cli.add_command(train)
+
+
+if __name__ == "__main__":  # python -m osp.cli.main, as python -m osp.cli
+    cli(prog_name="osp")
