@@ -23,6 +23,12 @@ ATTENTION_CASES = {
     "temporal-17-d72-one-key": (4, 2, 17, 17, 72, "one-key"),
     "temporal-17-d64": (8, 1, 17, 17, 64, None),
     "cross-40x70-d32-mask": (2, 2, 40, 70, 32, "random"),
+    # head dims split into two power-of-two parts (40 = 32 + 16, 80 = 64 + 16, 96 = 64 + 32), with ragged
+    # and even tile edges; 72 without a mask takes the unmasked full-tile paths
+    "spatial-d40-ragged": (1, 2, 50, 50, 40, None),
+    "spatial-d72": (1, 2, 64, 64, 72, None),
+    "cross-33x64-d80-mask": (2, 1, 33, 64, 80, "random"),
+    "temporal-9-d96": (3, 2, 9, 9, 96, None),
 }
 # name: (x shape, shift/scale shape)
 MODNORM_CASES = {

@@ -11,8 +11,18 @@ one holds a block of keys and streams queries to accumulate dK and dV, the other
 and streams keys to accumulate dQ. Two kernels cost one extra QKᵀ recomputation but need no atomics, so the
 result is deterministic.
 
-Head dims that are not a power of two (72 in Latte-XL) are padded inside the kernel: tiles are BLOCK_D
-wide, loads past HEAD_DIM read zeros (which add nothing to a dot product) and stores are masked.
+Head dims that are not a power of two are split, not padded: ``tl.dot`` needs power-of-two tiles of at
+least 16, so the head dim is covered by a D0-wide part and a D1-wide part (72 = 64 + 16, with 8 columns
+masked), each with its own dot and accumulator. Latte-XL's 72 then costs 80 columns of work instead of
+128 (FlashAttention-2/3 round 72 up to their 96-wide kernels). Loads past HEAD_DIM read zeros, which add
+nothing to a dot product, and stores are masked.
+
+Strides arrive divided by ALIGN (the largest of 8/4/2/1 elements dividing them all) and the kernels
+multiply them back by that constant: the compiler then knows every row starts on an ALIGN-element
+boundary and issues 16-byte vector loads and asynchronous copies. Triton's own argument specialisation
+only records divisibility by 16, which a row stride of 72 misses; without the hint every element of a
+head-dim-72 tile was loaded on its own.
+
 A key-padding mask (B, Lk), nonzero = attend, turns masked scores into -inf. A query row with no key
 left gets output 0 and log-sum-exp +inf, so every recomputed probability of that row is exp(-inf) = 0.
 """
@@ -35,50 +45,105 @@ def interpreting() -> bool:
 
 
 @triton.jit
+def _load(base, offs_r, stride_r, r_ok, offs_d, HEAD_DIM: tl.constexpr, MASK_R: tl.constexpr,
+          MASK_D: tl.constexpr):  # fmt: skip
+    """A (rows, D) tile at base + row * stride_r + col, zeros outside the rows / HEAD_DIM columns.
+    Masks are compile-time choices: the common full tiles load unmasked."""
+    ptrs = base + offs_r[:, None] * stride_r + offs_d[None, :]
+    if MASK_R and MASK_D:
+        return tl.load(ptrs, mask=r_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    elif MASK_R:
+        return tl.load(ptrs, mask=r_ok[:, None], other=0.0)
+    elif MASK_D:
+        return tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        return tl.load(ptrs)
+
+
+@triton.jit
+def _store(base, offs_r, stride_r, r_ok, offs_d, value, HEAD_DIM: tl.constexpr, MASK_R: tl.constexpr,
+           MASK_D: tl.constexpr):  # fmt: skip
+    ptrs = base + offs_r[:, None] * stride_r + offs_d[None, :]
+    value = value.to(base.dtype.element_ty)
+    if MASK_R and MASK_D:
+        tl.store(ptrs, value, mask=r_ok[:, None] & (offs_d < HEAD_DIM)[None, :])
+    elif MASK_R:
+        tl.store(ptrs, value, mask=r_ok[:, None])
+    elif MASK_D:
+        tl.store(ptrs, value, mask=(offs_d < HEAD_DIM)[None, :])
+    else:
+        tl.store(ptrs, value)
+
+
+@triton.jit
 def _fwd_inner(
     Q, K, V, Mask, Out, Lse, sm_scale,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, smb,
     H, Lq, Lk,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_MASK: tl.constexpr, STORE_LSE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, STORE_LSE: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     # Axis 0 is batch*heads: it may exceed the 65535 limit of grid axes 1 and 2 (temporal attention has
     # batch*H*W rows). int64 offsets: a (B*H, L, D) tensor can pass 2**31 elements.
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
+    q_base = Q + b * (sqb * ALIGN) + h * (sqh * ALIGN)
+    k_base = K + b * (skb * ALIGN) + h * (skh * ALIGN)
+    v_base = V + b * (svb * ALIGN) + h * (svh * ALIGN)
+    sqm, skn, svn = sqm * ALIGN, skn * ALIGN, svn * ALIGN
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Lq
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-                mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # fmt: skip
+    offs_d0 = tl.arange(0, D0)
+    q0 = _load(q_base, offs_m, sqm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+    acc0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    if D1 > 0:
+        offs_d1 = D0 + tl.arange(0, D1)
+        q1 = _load(q_base, offs_m, sqm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+        acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
     qk_scale = sm_scale * 1.4426950408889634  # scores in log2 units
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < Lk
+        n_in = offs_n < Lk
+        k0 = _load(k_base, offs_n, skn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+        v0 = _load(v_base, offs_n, svn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N), fp32
+        if D1 > 0:
+            k1 = _load(k_base, offs_n, skn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+            v1 = _load(v_base, offs_n, svn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+        s = s * qk_scale
         if HAS_MASK:
-            n_ok = n_ok & (tl.load(Mask + b * smb + offs_n, mask=n_ok, other=0) != 0)
-        kv_mask = (offs_n < Lk)[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), fp32 accumulate
-        s = tl.where(n_ok[None, :], s, float("-inf"))
+            n_ok = n_in & (tl.load(Mask + b * smb + offs_n, mask=n_in, other=0) != 0)
+            s = tl.where(n_ok[None, :], s, float("-inf"))
+        elif not EVEN_N:
+            s = tl.where(n_in[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        # Until a row has seen one valid key its max is -inf; exp2(-inf - -inf) would be NaN.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
+        if HAS_MASK:
+            # Until a row has seen one valid key its max is -inf; exp2(-inf - -inf) would be NaN. Without
+            # a mask the first key tile always holds a valid key, so the max is finite from the start.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        p_lo = p.to(v0.dtype)
+        acc0 = tl.dot(p_lo, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        if D1 > 0:
+            acc1 = tl.dot(p_lo, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     empty = l_i == 0.0
-    out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    tl.store(Out + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :],
-             out.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])  # fmt: skip
+    inv_l = 1.0 / tl.where(empty, 1.0, l_i)
+    o_base = Out + b * (sob * ALIGN) + h * (soh * ALIGN)
+    _store(o_base, offs_m, som * ALIGN, m_ok, offs_d0, acc0 * inv_l[:, None], HEAD_DIM, not EVEN_M,
+           D0 > HEAD_DIM)  # fmt: skip
+    if D1 > 0:
+        _store(o_base, offs_m, som * ALIGN, m_ok, offs_d1, acc1 * inv_l[:, None], HEAD_DIM, not EVEN_M,
+               D0 + D1 > HEAD_DIM)  # fmt: skip
     if STORE_LSE:
         lse = tl.where(empty, float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
         tl.store(Lse + bh * Lq + offs_m, lse, mask=m_ok)
@@ -89,35 +154,38 @@ def _attn_fwd(
     Q, K, V, Mask, Out, Lse, sm_scale,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, smb,
     H, Lq, Lk,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_MASK: tl.constexpr, STORE_LSE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, STORE_LSE: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr,
+    ALIGN: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     _fwd_inner(Q, K, V, Mask, Out, Lse, sm_scale, sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
-               sob, soh, som, smb, H, Lq, Lk, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, HAS_MASK, STORE_LSE)  # fmt: skip
+               sob, soh, som, smb, H, Lq, Lk, HEAD_DIM, D0, D1, BLOCK_M, BLOCK_N, HAS_MASK, STORE_LSE,
+               EVEN_M, EVEN_N, ALIGN, DOT_PRECISION)  # fmt: skip
 
 
 # TensorRT's ahead-of-time plugins launch a kernel as (inputs..., int32 scalars..., outputs...), so these
-# entries take contiguous (B, H, L, D) tensors in that order and derive every stride from the shapes.
+# entries take contiguous (B, H, L, D) tensors in that order and derive every stride from the shapes
+# (HEAD_DIM is a constant there, so the compiler sees the row alignment without ALIGN).
 @triton.jit
 def _attn_fwd_trt(
     Q, K, V, H, Lq, Lk, Out, sm_scale: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     _fwd_inner(Q, K, V, Q, Out, Out, sm_scale, H * Lq * HEAD_DIM, Lq * HEAD_DIM, HEAD_DIM,
                H * Lk * HEAD_DIM, Lk * HEAD_DIM, HEAD_DIM, H * Lk * HEAD_DIM, Lk * HEAD_DIM, HEAD_DIM,
                H * Lq * HEAD_DIM, Lq * HEAD_DIM, HEAD_DIM, 0, H, Lq, Lk,
-               HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, False)  # fmt: skip
+               HEAD_DIM, D0, D1, BLOCK_M, BLOCK_N, False, False, False, False, 1, "tf32")  # fmt: skip
 
 
 @triton.jit
 def _attn_fwd_trt_masked(
     Q, K, V, Mask, H, Lq, Lk, Out, sm_scale: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     _fwd_inner(Q, K, V, Mask, Out, Out, sm_scale, H * Lq * HEAD_DIM, Lq * HEAD_DIM, HEAD_DIM,
                H * Lk * HEAD_DIM, Lk * HEAD_DIM, HEAD_DIM, H * Lk * HEAD_DIM, Lk * HEAD_DIM, HEAD_DIM,
                H * Lq * HEAD_DIM, Lq * HEAD_DIM, HEAD_DIM, Lk, H, Lq, Lk,
-               HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, False)  # fmt: skip
+               HEAD_DIM, D0, D1, BLOCK_M, BLOCK_N, True, False, False, False, 1, "tf32")  # fmt: skip
 
 
 @triton.jit
@@ -138,45 +206,71 @@ def _bwd_dkdv(
     Q, K, V, Mask, dO, Lse, Delta, dK, dV, sm_scale,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb,
     H, Lq, Lk,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # dO, dK, dV, Lse and Delta are contiguous; q/k/v keep their strides.
+    # dO, dK, dV, Lse and Delta are contiguous; q/k/v keep their strides (divided by ALIGN).
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
+    q_base = Q + b * (sqb * ALIGN) + h * (sqh * ALIGN)
+    k_base = K + b * (skb * ALIGN) + h * (skh * ALIGN)
+    v_base = V + b * (svb * ALIGN) + h * (svh * ALIGN)
+    do_base = dO + bh * Lq * HEAD_DIM
+    sqm, skn, svn = sqm * ALIGN, skn * ALIGN, svn * ALIGN
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     n_in = offs_n < Lk
-    n_ok = n_in
+    offs_d0 = tl.arange(0, D0)
+    k0 = _load(k_base, offs_n, skn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+    v0 = _load(v_base, offs_n, svn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+    dk0 = tl.zeros([BLOCK_N, D0], tl.float32)
+    dv0 = tl.zeros([BLOCK_N, D0], tl.float32)
+    if D1 > 0:
+        offs_d1 = D0 + tl.arange(0, D1)
+        k1 = _load(k_base, offs_n, skn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+        v1 = _load(v_base, offs_n, svn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+        dk1 = tl.zeros([BLOCK_N, D1], tl.float32)
+        dv1 = tl.zeros([BLOCK_N, D1], tl.float32)
     if HAS_MASK:
-        n_ok = n_ok & (tl.load(Mask + b * smb + offs_n, mask=n_in, other=0) != 0)
-    kv_mask = n_in[:, None] & d_ok[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        n_ok = n_in & (tl.load(Mask + b * smb + offs_n, mask=n_in, other=0) != 0)
+    qk_scale = sm_scale * 1.4426950408889634
     for start_m in range(0, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < Lq
-        q_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(dO + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-                     mask=q_mask, other=0.0)  # fmt: skip
-        # Rows past Lq get lse = +inf, hence p = 0: they add nothing.
+        q0 = _load(q_base, offs_m, sqm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+        do0 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+        # Rows past Lq get lse = +inf, hence p = 0: they add nothing. Padded keys (past Lk) give rows
+        # of dK / dV that are never stored.
         lse = tl.load(Lse + bh * Lq + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
         delta = tl.load(Delta + bh * Lq + offs_m, mask=m_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * (sm_scale * 1.4426950408889634)  # (BLOCK_M, BLOCK_N), log2 units
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(n_ok[None, :], p, 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q)
-    out_off = bh * Lk * HEAD_DIM + offs_n[:, None] * HEAD_DIM + offs_d[None, :]
-    tl.store(dK + out_off, (dk * sm_scale).to(dK.dtype.element_ty), mask=kv_mask)
-    tl.store(dV + out_off, dv.to(dV.dtype.element_ty), mask=kv_mask)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
+        if D1 > 0:
+            q1 = _load(q_base, offs_m, sqm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+            do1 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+        p = tl.exp2(s * qk_scale - lse[:, None])
+        if HAS_MASK:
+            p = tl.where(n_ok[None, :], p, 0.0)
+        p_t = tl.trans(p.to(do0.dtype))
+        dv0 = tl.dot(p_t, do0, dv0, input_precision=DOT_PRECISION)
+        dp = tl.dot(do0, tl.trans(v0), input_precision=DOT_PRECISION)
+        if D1 > 0:
+            dv1 = tl.dot(p_t, do1, dv1, input_precision=DOT_PRECISION)
+            dp = tl.dot(do1, tl.trans(v1), dp, input_precision=DOT_PRECISION)
+        ds_t = tl.trans((p * (dp - delta[:, None])).to(q0.dtype))
+        dk0 = tl.dot(ds_t, q0, dk0, input_precision=DOT_PRECISION)
+        if D1 > 0:
+            dk1 = tl.dot(ds_t, q1, dk1, input_precision=DOT_PRECISION)
+    out_base = bh * Lk * HEAD_DIM
+    _store(
+        dK + out_base, offs_n, HEAD_DIM, n_in, offs_d0, dk0 * sm_scale, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM
+    )
+    _store(dV + out_base, offs_n, HEAD_DIM, n_in, offs_d0, dv0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+    if D1 > 0:
+        _store(dK + out_base, offs_n, HEAD_DIM, n_in, offs_d1, dk1 * sm_scale, HEAD_DIM, not EVEN_N,
+               D0 + D1 > HEAD_DIM)  # fmt: skip
+        _store(dV + out_base, offs_n, HEAD_DIM, n_in, offs_d1, dv1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
 
 
 @triton.jit
@@ -184,39 +278,59 @@ def _bwd_dq(
     Q, K, V, Mask, dO, Lse, Delta, dQ, sm_scale,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb,
     H, Lq, Lk,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_MASK: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
+    q_base = Q + b * (sqb * ALIGN) + h * (sqh * ALIGN)
+    k_base = K + b * (skb * ALIGN) + h * (skh * ALIGN)
+    v_base = V + b * (svb * ALIGN) + h * (svh * ALIGN)
+    do_base = dO + bh * Lq * HEAD_DIM
+    sqm, skn, svn = sqm * ALIGN, skn * ALIGN, svn * ALIGN
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < Lq
-    q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(dO + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-                 mask=q_mask, other=0.0)  # fmt: skip
+    offs_d0 = tl.arange(0, D0)
+    q0 = _load(q_base, offs_m, sqm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+    do0 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+    dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
+    if D1 > 0:
+        offs_d1 = D0 + tl.arange(0, D1)
+        q1 = _load(q_base, offs_m, sqm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+        do1 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+        dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
     lse = tl.load(Lse + bh * Lq + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
     delta = tl.load(Delta + bh * Lq + offs_m, mask=m_ok, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    qk_scale = sm_scale * 1.4426950408889634
     for start_n in range(0, Lk, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_in = offs_n < Lk
-        n_ok = n_in
+        k0 = _load(k_base, offs_n, skn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+        v0 = _load(v_base, offs_n, svn, n_in, offs_d0, HEAD_DIM, not EVEN_N, D0 > HEAD_DIM)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)
+        dp = tl.dot(do0, tl.trans(v0), input_precision=DOT_PRECISION)
+        if D1 > 0:
+            k1 = _load(k_base, offs_n, skn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+            v1 = _load(v_base, offs_n, svn, n_in, offs_d1, HEAD_DIM, not EVEN_N, D0 + D1 > HEAD_DIM)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+            dp = tl.dot(do1, tl.trans(v1), dp, input_precision=DOT_PRECISION)
+        p = tl.exp2(s * qk_scale - lse[:, None])
         if HAS_MASK:
-            n_ok = n_ok & (tl.load(Mask + b * smb + offs_n, mask=n_in, other=0) != 0)
-        kv_mask = n_in[:, None] & d_ok[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * (sm_scale * 1.4426950408889634)
-        p = tl.where(n_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
-    tl.store(dQ + bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-             (dq * sm_scale).to(dQ.dtype.element_ty), mask=q_mask)  # fmt: skip
+            p = tl.where(
+                (n_in & (tl.load(Mask + b * smb + offs_n, mask=n_in, other=0) != 0))[None, :], p, 0.0
+            )
+        # Padded keys (past Lk) load as zero rows of K: whatever their ds, they add nothing to dQ.
+        ds = (p * (dp - delta[:, None])).to(k0.dtype)
+        dq0 = tl.dot(ds, k0, dq0, input_precision=DOT_PRECISION)
+        if D1 > 0:
+            dq1 = tl.dot(ds, k1, dq1, input_precision=DOT_PRECISION)
+    dq_base = dQ + bh * Lq * HEAD_DIM
+    _store(dq_base, offs_m, HEAD_DIM, m_ok, offs_d0, dq0 * sm_scale, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+    if D1 > 0:
+        _store(dq_base, offs_m, HEAD_DIM, m_ok, offs_d1, dq1 * sm_scale, HEAD_DIM, not EVEN_M,
+               D0 + D1 > HEAD_DIM)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ launchers
@@ -226,34 +340,69 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-def fwd_config(lq: int, lk: int, head_dim: int) -> dict[str, int]:
-    """Tile sizes and warps of the forward kernel (H100-sized; the interpreter wants few, large tiles).
+def split_head_dim(head_dim: int) -> tuple[int, int]:
+    """(D0, D1): the head dim as a power-of-two part and a smaller power-of-two part (0 when one suffices).
+
+    Both are >= 16 (``tl.dot``'s smallest K). 72 -> (64, 16): 80 columns of work instead of 128; 40 ->
+    (32, 16); 96 -> (64, 32). Where the two parts would cost as much as the next power of two (24, 112),
+    one part of that width.
+    """
+    whole = _pow2(head_dim)
+    d0 = max(16, 1 << (head_dim.bit_length() - 1))
+    d1 = 0 if head_dim <= d0 else _pow2(head_dim - d0)
+    if d1 and d0 + d1 >= whole:
+        return whole, 0
+    return (d0, d1) if d1 else (whole, 0)
+
+
+def fwd_config(lq: int, lk: int, head_dim: int, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+    """Tile sizes and warps of the forward kernel (Hopper-sized; the interpreter wants few, large tiles).
 
     Temporal attention (Lk <= 64) fits all keys in one tile, so the loop runs once and the kernel is a
-    single pass over memory; spatial attention streams 64-key tiles past 128 queries.
+    single pass over memory; spatial attention streams 64-key tiles past 128 queries, two warpgroups each
+    issuing wgmma on 64 rows. fp32 tiles are smaller: twice the bytes per element, and without TF32 its
+    dots are FMAs in registers. Every configuration here compiles for sm_90 without register spills
+    (tests/kernels/test_kernel_sm90.py).
     """
-    block_d = _pow2(head_dim)
+    dims = dict(zip(("D0", "D1"), split_head_dim(head_dim), strict=True))
+    width = dims["D0"] + dims["D1"]
     if interpreting():
-        return {"BLOCK_M": min(32, _pow2(lq)), "BLOCK_N": min(32, _pow2(lk)), "BLOCK_D": block_d,
+        return {"BLOCK_M": min(32, _pow2(lq)), "BLOCK_N": min(32, _pow2(lk)), **dims,
                 "num_warps": 1, "num_stages": 1}  # fmt: skip
     if lk <= 64:
-        return {"BLOCK_M": min(64, _pow2(lq)), "BLOCK_N": _pow2(lk), "BLOCK_D": block_d,
-                "num_warps": 4, "num_stages": 2}  # fmt: skip
-    if block_d <= 64:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": block_d, "num_warps": 4, "num_stages": 3}
-    if block_d <= 128:
-        return {"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_D": block_d, "num_warps": 8, "num_stages": 2}
-    return {"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_D": block_d, "num_warps": 8, "num_stages": 2}
+        if dtype == torch.float32:
+            return {"BLOCK_M": min(32, _pow2(lq)), "BLOCK_N": _pow2(lk), **dims, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_M": min(64, _pow2(lq)), "BLOCK_N": _pow2(lk), **dims, "num_warps": 4, "num_stages": 2}
+    if dtype == torch.float32 or width > 128:
+        return {"BLOCK_M": 64, "BLOCK_N": 32, **dims, "num_warps": 8, "num_stages": 2}
+    return {"BLOCK_M": 128, "BLOCK_N": 64, **dims, "num_warps": 4 if width <= 64 else 8, "num_stages": 3}
 
 
-def _bwd_config(lq: int, lk: int, head_dim: int) -> dict[str, int]:
-    block_d = _pow2(head_dim)
+def bwd_config(
+    lq: int, lk: int, head_dim: int, dtype: torch.dtype = torch.bfloat16
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Tile sizes and warps of the two backward kernels: (dK/dV kernel, dQ kernel).
+
+    16-bit: 64x64 tiles, so every dot is a wgmma on 64 rows per warpgroup (32-row tiles fall back to
+    mma.sync); eight warps above 64 columns keep dK and dV's accumulators in registers. fp32: the dK/dV
+    kernel holds four accumulators and must stay narrow.
+    """
+    dims = dict(zip(("D0", "D1"), split_head_dim(head_dim), strict=True))
+    width = dims["D0"] + dims["D1"]
+
+    def cfg(block_m: int, block_n: int, warps: int, stages: int) -> dict[str, int]:
+        return {"BLOCK_M": min(block_m, _pow2(lq)), "BLOCK_N": min(block_n, _pow2(lk)), **dims,
+                "num_warps": warps, "num_stages": stages}  # fmt: skip
+
     if interpreting():
-        return {"BLOCK_M": min(32, _pow2(lq)), "BLOCK_N": min(32, _pow2(lk)), "BLOCK_D": block_d,
-                "num_warps": 1, "num_stages": 1}  # fmt: skip
-    big = block_d > 64
-    return {"BLOCK_M": min(32 if big else 64, _pow2(lq)), "BLOCK_N": min(64, _pow2(lk)), "BLOCK_D": block_d,
-            "num_warps": 8 if big else 4, "num_stages": 2}  # fmt: skip
+        one = cfg(32, 32, 1, 1)
+        return one, one
+    if dtype == torch.float32:
+        return cfg(16, 32, 8 if dims["D1"] >= 32 else 4, 1), cfg(32, 32, 4 if width <= 64 else 8, 2)
+    if width > 128:
+        return cfg(32, 32, 8, 1), cfg(32, 32, 8, 1)
+    both = cfg(64, 64, 4 if width <= 64 else 8, 2)
+    return both, both
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -268,6 +417,27 @@ def _mask_arg(q: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor,
     return m, m.stride(0)
 
 
+def _align(*tensors: torch.Tensor) -> int:
+    """The largest of 8, 4, 2, 1 elements that divides every row stride and data pointer (vector loads)."""
+    for n in (8, 4, 2):
+        if all(t.data_ptr() % (n * t.element_size()) == 0 and all(s % n == 0 for s in t.stride()[:-1])
+               for t in tensors):  # fmt: skip
+            return n
+    return 1
+
+
+def _strides(align: int, *tensors: torch.Tensor) -> list[int]:
+    """Batch, head and row strides of each (B, H, L, D) tensor, divided by ``align``."""
+    return [st // align for t in tensors for st in t.stride()[:3]]
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs: TF32 dots only where PyTorch allows TF32 matmuls (it does not by default), else IEEE."""
+    if dtype != torch.float32:
+        return "tf32"  # ignored for 16-bit inputs
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
 def attention_fwd(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -275,8 +445,12 @@ def attention_fwd(
     mask: torch.Tensor | None,
     scale: float,
     out: torch.Tensor | None = None,
+    config: dict[str, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Triton forward: (out (B, H, Lq, D), lse (B, H, Lq) fp32 natural log); ``out`` may be given."""
+    """Triton forward: (out (B, H, Lq, D), lse (B, H, Lq) fp32 natural log); ``out`` may be given.
+
+    ``config`` overrides :func:`fwd_config` (tile sizes, warps, stages), for tuning.
+    """
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
@@ -284,13 +458,14 @@ def attention_fwd(
         out = torch.empty(batch, heads, lq, d, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, lq, dtype=torch.float32, device=q.device)
     m, smb = _mask_arg(q, mask)
-    cfg = fwd_config(lq, lk, d)
+    cfg = config or fwd_config(lq, lk, d, q.dtype)
     grid = (batch * heads, triton.cdiv(lq, cfg["BLOCK_M"]))
+    align = 1 if interpreting() else _align(q, k, v, out)
     _attn_fwd[grid](
-        q, k, v, m, out, lse, scale,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2), smb,
-        heads, lq, lk, HEAD_DIM=d, HAS_MASK=mask is not None, STORE_LSE=True, **cfg,
+        q, k, v, m, out, lse, scale, *_strides(align, q, k, v, out), smb,
+        heads, lq, lk, HEAD_DIM=d, HAS_MASK=mask is not None, STORE_LSE=True,
+        EVEN_M=lq % cfg["BLOCK_M"] == 0, EVEN_N=lk % cfg["BLOCK_N"] == 0, ALIGN=align,
+        DOT_PRECISION=dot_precision(q.dtype), **cfg,
     )  # fmt: skip
     return out, lse
 
@@ -304,27 +479,39 @@ def attention_bwd(
     out: torch.Tensor,
     lse: torch.Tensor,
     scale: float,
+    config: tuple[dict[str, int], dict[str, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton backward from the forward's output and log-sum-exp: (dq, dk, dv), contiguous."""
+    """Triton backward from the forward's output and log-sum-exp: (dq, dk, dv), contiguous.
+
+    ``config`` overrides :func:`bwd_config`: (dK/dV kernel's, dQ kernel's) tiles, warps and stages.
+    """
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
-    cfg = _bwd_config(lq, lk, d)
+    kv_cfg, q_cfg = config or bwd_config(lq, lk, d, q.dtype)
     delta = torch.empty_like(lse)
-    _bwd_delta[(batch * heads, triton.cdiv(lq, cfg["BLOCK_M"]))](
-        out, grad_out, delta, lq, HEAD_DIM=d, BLOCK_D=cfg["BLOCK_D"], BLOCK_M=cfg["BLOCK_M"]
+    _bwd_delta[(batch * heads, triton.cdiv(lq, q_cfg["BLOCK_M"]))](
+        out, grad_out, delta, lq, HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK_M=q_cfg["BLOCK_M"]
     )
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     m, smb = _mask_arg(q, mask)
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), smb)  # fmt: skip
-    _bwd_dkdv[(batch * heads, triton.cdiv(lk, cfg["BLOCK_N"]))](
-        q, k, v, m, grad_out, lse, delta, dk, dv, scale, *strides, heads, lq, lk,
-        HEAD_DIM=d, HAS_MASK=mask is not None, **cfg,
-    )  # fmt: skip
-    _bwd_dq[(batch * heads, triton.cdiv(lq, cfg["BLOCK_M"]))](
-        q, k, v, m, grad_out, lse, delta, dq, scale, *strides, heads, lq, lk,
-        HEAD_DIM=d, HAS_MASK=mask is not None, **cfg,
-    )  # fmt: skip
+    align = 1 if interpreting() else _align(q, k, v)
+    args = (*_strides(align, q, k, v), smb, heads, lq, lk)
+    flags = {
+        "HEAD_DIM": d,
+        "HAS_MASK": mask is not None,
+        "ALIGN": align,
+        "DOT_PRECISION": dot_precision(q.dtype),
+    }
+
+    def even(cfg: dict[str, int]) -> dict[str, bool]:
+        return {"EVEN_M": lq % cfg["BLOCK_M"] == 0, "EVEN_N": lk % cfg["BLOCK_N"] == 0}
+
+    _bwd_dkdv[(batch * heads, triton.cdiv(lk, kv_cfg["BLOCK_N"]))](
+        q, k, v, m, grad_out, lse, delta, dk, dv, scale, *args, **flags, **even(kv_cfg), **kv_cfg
+    )
+    _bwd_dq[(batch * heads, triton.cdiv(lq, q_cfg["BLOCK_M"]))](
+        q, k, v, m, grad_out, lse, delta, dq, scale, *args, **flags, **even(q_cfg), **q_cfg
+    )
     return dq, dk, dv

@@ -58,13 +58,13 @@ def compile_attention_ptx(
 
     if capability is None:
         capability = torch.cuda.get_device_capability()
-    cfg = tri.fwd_config(lq_hint, lk_hint, head_dim)
+    cfg = tri.fwd_config(lq_hint, lk_hint, head_dim, dtype)
     elem = "*" + _TRITON_TYPES[dtype]
     signature = {"Q": elem, "K": elem, "V": elem}
     if masked:
         signature["Mask"] = "*i32"
     signature |= {"H": "i32", "Lq": "i32", "Lk": "i32", "Out": elem}
-    constexprs = {"sm_scale": float(scale), "HEAD_DIM": head_dim, "BLOCK_D": cfg["BLOCK_D"],
+    constexprs = {"sm_scale": float(scale), "HEAD_DIM": head_dim, "D0": cfg["D0"], "D1": cfg["D1"],
                   "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}  # fmt: skip
     signature |= dict.fromkeys(constexprs, "constexpr")
     fn = tri._attn_fwd_trt_masked if masked else tri._attn_fwd_trt
