@@ -82,6 +82,11 @@ def test_cli_options_override_the_model_defaults(tmp_path: Path, t2v_dir: Path) 
             ["--engine", "compile", "--freeze", "--engine-dir", "{tmp}"],
             "compiled with frozen weights already",
         ),
+        (["--cuda-graphs"], "CUDA graphs need --device cuda"),
+        (
+            ["--cuda-graphs", "--engine", "onnx", "--engine-dir", "{tmp}"],
+            "--cuda-graphs: only --engine torch",
+        ),
     ],
 )
 def test_generate_bad_input(tmp_path: Path, t2v_dir: Path, args: list[str], message: str) -> None:

@@ -37,6 +37,9 @@ class GenerateConfig(Config):
     engine: Literal["torch", "compile", "onnx", "trt"] = "torch"
     engine_dir: Path | None = None
     freeze: bool = Field(False, description="compile engine: whole model, weights frozen in")
+    cuda_graphs: bool = Field(
+        False, description="torch / compile engines: replay the denoiser as CUDA graphs"
+    )
     frames: int | None = Field(None, gt=0)
     size: tuple[int, int] | None = None
     steps: int | None = Field(None, gt=0)
@@ -60,7 +63,7 @@ def run_generate(
     cfg: GenerateConfig, progress: ProgressDisplay | None = None, engine: EngineFactory | None = None
 ) -> list[Path]:
     """Generate and write the videos; ``engine`` (if given) supplies the denoiser and decoder."""
-    if cfg.engine != "torch" and engine is None:
+    if (cfg.engine != "torch" or cfg.cuda_graphs) and engine is None:
         raise ConfigError(f"engine: {cfg.engine!r} needs an engine factory (osp generate builds one)")
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype])
     text = isinstance(pipe, TextToVideo)

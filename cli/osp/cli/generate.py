@@ -49,6 +49,12 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
     "pre-packed for oneDNN).",
 )
 @click.option(
+    "--cuda-graphs",
+    is_flag=True,
+    help="--engine torch or compile on a CUDA device: capture the denoiser as a CUDA graph once and replay "
+    "it at every step (the host's kernel launches cost most of a step at small sizes).",
+)
+@click.option(
     "--frames", type=click.IntRange(min=1), default=None, help="Frames (4n+1); default from the model."
 )
 @click.option("--size", type=SIZE, default=None, help="S or HxW; default from the model.")
@@ -78,6 +84,7 @@ def generate(
     engine: str,
     engine_dir: Path | None,
     freeze: bool,
+    cuda_graphs: bool,
     frames: int | None,
     size: tuple[int, int] | None,
     steps: int | None,
@@ -108,6 +115,12 @@ def generate(
         raise ConfigError(
             "--freeze: the packages in --engine-dir were compiled with frozen weights already; drop --freeze"
         )
+    if cuda_graphs and (engine not in ("torch", "compile") or engine_dir is not None):
+        raise ConfigError(
+            "--cuda-graphs: only --engine torch or compile (without --engine-dir) capture CUDA graphs"
+        )
+    if cuda_graphs and not device.startswith("cuda"):
+        raise ConfigError(f"--cuda-graphs: CUDA graphs need --device cuda, not {device!r}")
     cfg = GenerateConfig.from_dict(
         dict(
             prompts=list(prompts),
@@ -116,6 +129,7 @@ def generate(
             engine=engine,
             engine_dir=engine_dir,
             freeze=freeze,
+            cuda_graphs=cuda_graphs,
             frames=frames,
             size=size,
             steps=steps,
@@ -131,7 +145,7 @@ def generate(
         ),
         source="options",
     )
-    factory = None if engine == "torch" else _engine_factory
+    factory = None if engine == "torch" and not cuda_graphs else _engine_factory
     with ProgressDisplay(enabled=not quiet) as progress:
         written = run_generate(cfg, progress, engine=factory)
     for path in written:
@@ -145,5 +159,5 @@ def _engine_factory(pipe: Any, cfg: Any) -> Any:
     count = len(cfg.prompts) or len(cfg.class_labels)
     return make_engine(
         cfg.engine, pipe, engine_dir=cfg.engine_dir, model_dir=cfg.model, batch=2 * count,
-        frames=cfg.frames, size=cfg.size, freeze=cfg.freeze,
+        frames=cfg.frames, size=cfg.size, freeze=cfg.freeze, cuda_graphs=cfg.cuda_graphs,
     )  # fmt: skip

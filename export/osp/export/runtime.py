@@ -24,6 +24,7 @@ from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.export.aoti import Package, check_build, load_package
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
+from osp.export.cudagraph import GraphedDenoiser
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
 from osp.export.specs import DTYPES, VaeDecoder
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, auto_tiling, model_denoiser
@@ -40,14 +41,26 @@ def _timesteps(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 class TorchEngine:
-    """Eager PyTorch: the reference every other engine is checked against."""
+    """Eager PyTorch: the reference every other engine is checked against.
+
+    ``cuda_graphs``: the denoiser runs through CUDA graphs, captured once per input shape and replayed at
+    every step (osp.export.cudagraph), which removes the host's launch cost at small token counts.
+    """
 
     name = "torch"
 
-    def __init__(self, transformer: nn.Module) -> None:
+    def __init__(self, transformer: nn.Module, cuda_graphs: bool = False) -> None:
         self.transformer = transformer
+        self.cuda_graphs = cuda_graphs
+        device = next(transformer.parameters()).device
+        if cuda_graphs and device.type != "cuda":
+            raise ConfigError(f"--cuda-graphs: CUDA graphs need a CUDA device, the model is on {device}")
 
     def denoiser(self) -> Denoiser:
+        if self.cuda_graphs:
+            return GraphedDenoiser(
+                model_denoiser(self.transformer), next(self.transformer.parameters()).device
+            )
         return model_denoiser(self.transformer)
 
     def decoder(self) -> Decoder | None:
@@ -73,11 +86,12 @@ class CompiledEngine(TorchEngine):
         dynamic: bool | None = None,
         freeze: bool = False,
         vae: CausalVideoVAE | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if freeze:
-            super().__init__(compile_frozen(transformer, mode=mode, dynamic=dynamic))
+            super().__init__(compile_frozen(transformer, mode=mode, dynamic=dynamic), cuda_graphs)
         else:
-            super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic))
+            super().__init__(compile_blocks(transformer, mode=mode, dynamic=dynamic), cuda_graphs)
         self.vae = vae if freeze else None
         self._decode = compile_frozen(VaeDecoder(vae), mode=mode, dynamic=dynamic) if self.vae else None
 
@@ -285,21 +299,29 @@ def make_engine(
     size: tuple[int, int] | None = None,
     compile_mode: CompileMode = "default",
     freeze: bool = False,
+    cuda_graphs: bool = False,
 ) -> TorchEngine | AotiEngine | OrtEngine | TrtEngine:
     """The engine ``name`` for a loaded pipeline, with every input checked before sampling starts.
     ``freeze``: the compile engine compiles the whole transformer and the VAE decoder with frozen weights.
     The compile engine with an ``engine_dir`` loads the packages ``osp export --target compile`` wrote
-    (compiled ahead of time, weights frozen) instead of compiling in this process."""
+    (compiled ahead of time, weights frozen) instead of compiling in this process. ``cuda_graphs``: the
+    torch and compile engines replay the denoiser as CUDA graphs (CUDA only)."""
     if name not in ENGINES:
         raise ConfigError(f"engine: {name!r} is unknown; choose one of {', '.join(ENGINES)}")
+    if cuda_graphs and (name not in ("torch", "compile") or engine_dir is not None):
+        raise ConfigError(
+            "--cuda-graphs: only the torch and compile engines (compiling in this process) capture CUDA graphs"
+        )
     if freeze and name != "compile":
         raise ConfigError(f"--freeze: only the compile engine freezes weights, not {name!r}")
     if freeze and engine_dir is not None:
         raise ConfigError("--freeze: the packages in --engine-dir were compiled with frozen weights already")
     if name == "torch":
-        return TorchEngine(pipe.transformer)
+        return TorchEngine(pipe.transformer, cuda_graphs)
     if name == "compile" and engine_dir is None:
-        return CompiledEngine(pipe.transformer, mode=compile_mode, freeze=freeze, vae=pipe.vae)
+        return CompiledEngine(
+            pipe.transformer, compile_mode, freeze=freeze, vae=pipe.vae, cuda_graphs=cuda_graphs
+        )
     if engine_dir is None:
         raise ConfigError(f"--engine-dir: the {name} engine runs an exported folder; give --engine-dir DIR")
     engine: AotiEngine | OrtEngine | TrtEngine
