@@ -1,8 +1,9 @@
 """Training speed and memory of a diffusion transformer under osp_train, in Open-Sora-Plan's table format.
 
     python benchmarks/train.py                       # latte-t2v-small, latents 5x16x16, this CPU
+    python benchmarks/train.py --grid speed          # compile x checkpointing mode, fused vs foreach AdamW
     python benchmarks/train.py --grid full           # every gradient checkpointing x precision x ZeRO x KV combination
-    python benchmarks/train.py --model latte-t2v-xl/2 --latent 64 32 32 --text-len 120   # on a GPU
+    python benchmarks/train.py --model latte-t2v-xl/2 --latent 64 32 32 --text-len 120 --grid osp speed  # GPU
 
 Open-Sora-Plan v1.0 published training speed and memory at batch 1 for combinations of gradient
 checkpointing, mixed precision, xformers, feature pre-extraction, DeepSpeed ZeRO (+ offload) and KV
@@ -13,6 +14,12 @@ from ``osp_train.train.training_loss`` (IDDPM for learned-sigma models, flow oth
 latents and caption states of the shapes ``osp extract`` writes (feature pre-extraction: no VAE or text
 encoder in the loop). Attention is osp's one entry point (SDPA on CPU; osp's Triton kernel or
 flash-attn on a GPU when their constraints hold), which stands in for xformers.
+
+The ``speed`` grid measures osp's own throughput options at bf16 and ZeRO 0: regional torch.compile of
+the transformer blocks (``compile``), gradient checkpointing ``none`` / ``full`` / ``selective`` (every
+``--checkpoint-every``-th block), and torch's fused AdamW kernel against its foreach path (the fused
+kernel runs on CUDA only; on a CPU both rows run torch's default). A compiled row's warm-up steps
+include the compile; its first step's time is recorded as ``first_step_s``.
 
 Each row runs in a fresh process, so its memory is its own: on a GPU the peak of
 ``torch.cuda.max_memory_allocated`` over the whole run (weights, optimizer states, activations); on a CPU
@@ -33,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,27 +55,55 @@ from common import (
     write_results,
 )
 
-# Open-Sora-Plan v1.0's published rows: (gradient checkpointing, bf16, ZeRO stage, offload, KV stride).
+
+@dataclass(frozen=True)
+class Row:
+    """One measured configuration."""
+
+    ckpt: str  # gradient_checkpointing: none | full | selective
+    bf16: bool
+    zero: int
+    offload: bool = False
+    kv: int = 1  # KV compression stride
+    compile: bool = False
+    fused: bool = True  # optim.fused (CUDA only)
+
+
+# Open-Sora-Plan v1.0's published rows.
 OSP_ROWS = [
-    (True, True, 0, False, 1),
-    (True, True, 2, False, 1),
-    (True, True, 2, False, 2),
-    (True, True, 2, True, 1),
-    (True, True, 2, True, 2),
+    Row("full", True, 0),
+    Row("full", True, 2),
+    Row("full", True, 2, kv=2),
+    Row("full", True, 2, offload=True),
+    Row("full", True, 2, offload=True, kv=2),
 ]
 # What each switch buys on its own, from the first row: drop checkpointing, drop mixed precision, ZeRO-1.
 ABLATION_ROWS = [
-    (False, True, 0, False, 1),
-    (True, False, 0, False, 1),
-    (False, False, 0, False, 1),
-    (True, True, 1, False, 1),
+    Row("none", True, 0),
+    Row("full", False, 0),
+    Row("none", False, 0),
+    Row("full", True, 1),
+]
+# osp's throughput options, bf16 at ZeRO 0: each checkpointing mode eager and compiled, and the first
+# row again with torch's foreach AdamW instead of the fused kernel.
+SPEED_ROWS = [
+    *(
+        Row(ckpt, True, 0, compile=compiled)
+        for ckpt in ("full", "selective", "none")
+        for compiled in (False, True)
+    ),
+    Row("full", True, 0, fused=False),
 ]
 FULL_GRID = [
-    (ckpt, bf16, stage, offload, kv)
+    Row(ckpt, bf16, stage, offload, kv)
     for ckpt, bf16, (stage, offload), kv in itertools.product(
-        (False, True), (False, True), ((0, False), (1, False), (2, False), (1, True), (2, True)), (1, 2)
+        ("none", "selective", "full"),
+        (False, True),
+        ((0, False), (1, False), (2, False), (1, True), (2, True)),
+        (1, 2),
     )
 ]
+GRIDS = {"osp": OSP_ROWS + ABLATION_ROWS, "speed": SPEED_ROWS, "full": FULL_GRID}
 
 # Dense tensor-core peaks from NVIDIA's data sheets (FLOP/s): bf16, and fp32 through TF32.
 GPU_PEAKS = {"H100": (989.4e12, 494.7e12), "H200": (989.4e12, 494.7e12), "A100": (312e12, 156e12)}
@@ -76,15 +112,14 @@ GPU_PEAKS = {"H100": (989.4e12, 494.7e12), "H200": (989.4e12, 494.7e12), "A100":
 # ------------------------------------------------------------------------------------------ one row
 
 
-def _train_config(
-    args: argparse.Namespace, ckpt: bool, bf16: bool, stage: int, offload: bool, kv: int
-) -> Any:
+def _train_config(args: argparse.Namespace, row: Row) -> Any:
     from osp_train.config import TrainConfig
 
     learned_sigma = _learned_sigma(args.model)
-    overrides: dict[str, Any] = {"kv_compress": kv} if kv > 1 else {}
+    overrides: dict[str, Any] = {"kv_compress": row.kv} if row.kv > 1 else {}
     if args.caption_channels:
         overrides["caption_channels"] = args.caption_channels
+    selective = {"gradient_checkpointing_every": args.checkpoint_every} if row.ckpt == "selective" else {}
     return TrainConfig.from_dict(
         {
             "out": str(Path(tempfile.gettempdir()) / "osp-bench-train"),
@@ -99,11 +134,13 @@ def _train_config(
             "data": {"manifest": "unused.jsonl"},
             "batch_size": args.batch,
             "steps": args.warmup + args.steps,
-            "optim": {"lr": 1e-4, "grad_clip": 1.0},
-            "precision": "bf16" if bf16 else "fp32",
-            "gradient_checkpointing": ckpt,
-            "zero_stage": stage,
-            "cpu_offload": offload,
+            "optim": {"lr": 1e-4, "grad_clip": 1.0, "fused": row.fused},
+            "precision": "bf16" if row.bf16 else "fp32",
+            "gradient_checkpointing": row.ckpt,
+            **selective,
+            "compile": row.compile,
+            "zero_stage": row.zero,
+            "cpu_offload": row.offload,
             "log_tensorboard": False,
         },
         source="benchmarks/train.py",
@@ -129,13 +166,14 @@ def _forward_flops(model: torch.nn.Module, inputs: tuple[Any, ...], kwargs: dict
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One configuration, in this fresh process: build, warm up, time ``args.steps`` steps."""
+    from osp_train.blocks import prepare_blocks
     from osp_train.engine import build_engine, init_distributed
     from osp_train.train import build_model, training_loss
 
-    ckpt, bf16, stage, offload, kv = json.loads(args.row)
-    cfg = _train_config(args, ckpt, bf16, stage, offload, kv)
+    row = Row(**json.loads(args.row))
+    cfg = _train_config(args, row)
     info = init_distributed()
-    device, dtype = info.device, (torch.bfloat16 if bf16 else torch.float32)
+    device, dtype = info.device, (torch.bfloat16 if row.bf16 else torch.float32)
     cuda = device.type == "cuda"
     frames, height, width = args.latent
     g = torch.Generator(device).manual_seed(info.rank)
@@ -159,6 +197,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         flops = 3 * _forward_flops(model, (x0, torch.full((cfg.batch_size,), 500.0, device=device)), cond)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+        # As osp_train.train.train does: checkpointing and compile from outside, then DeepSpeed.
+        prepare_blocks(
+            model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_every, compile=cfg.compile
+        )
         engine = build_engine(cfg, model, info.world_size)
         loss_fn = training_loss(cfg, model, device)
         cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in cond.items()}
@@ -177,13 +219,14 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.synchronize()
             return time.perf_counter() - start
 
-        for _ in range(args.warmup):
-            step()
+        warmup = [step() for _ in range(args.warmup)]
         times = [step() for _ in range(args.steps)]
     step_s = statistics.median(times)
     gpu_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     return {
-        "row": [ckpt, bf16, stage, offload, kv],
+        "row": asdict(row),
+        "fused_adamw": bool(engine.basic_optimizer.defaults.get("fused")),
+        "first_step_s": warmup[0] if warmup else None,
         "parameters": params,
         "world_size": info.world_size,
         "step_s": times,
@@ -227,12 +270,12 @@ def peaks(gpu: str | None) -> tuple[dict[str, float], str]:
     )
 
 
-def run_row(args: argparse.Namespace, row: tuple[bool, bool, int, bool, int], out: Path) -> dict[str, Any]:
+def run_row(args: argparse.Namespace, row: Row, out: Path) -> dict[str, Any]:
     child_args = [
-        __file__, "--child", "--row", json.dumps(list(row)), "--result", str(out),
+        __file__, "--child", "--row", json.dumps(asdict(row)), "--result", str(out),
         "--model", args.model, "--latent", *map(str, args.latent), "--text-len", str(args.text_len),
         "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-        "--caption-channels", str(args.caption_channels),
+        "--caption-channels", str(args.caption_channels), "--checkpoint-every", str(args.checkpoint_every),
     ]  # fmt: skip
     if args.nproc > 1:
         child_args = [
@@ -245,7 +288,7 @@ def run_row(args: argparse.Namespace, row: tuple[bool, bool, int, bool, int], ou
     run = run_child(child_args, out, timeout_s=args.timeout)
     failure = run.failure()
     if failure is not None:
-        return {"row": list(row), "error": failure}
+        return {"row": asdict(row), "error": failure}
     assert run.result is not None
     return run.result
 
@@ -266,7 +309,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
-        "--grid", choices=("osp", "full"), default="osp", help="osp: the published rows + ablations"
+        "--grid",
+        nargs="+",
+        choices=tuple(GRIDS),
+        default=["osp"],
+        help="osp: the published rows + ablations; speed: compile, checkpointing modes, fused AdamW",
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=2, help="selective rows: recompute every k-th block"
     )
     parser.add_argument(
         "--nproc", type=int, default=1, help="processes per row (ZeRO partitions across them)"
@@ -291,36 +341,39 @@ def main() -> None:
 
     info = machine_info()
     peak, peak_source = peaks(info["gpu"])
-    rows = OSP_ROWS + ABLATION_ROWS if args.grid == "osp" else FULL_GRID
+    rows = list(dict.fromkeys(row for grid in args.grid for row in GRIDS[grid]))
     results = []
     with tempfile.TemporaryDirectory(prefix="osp-bench-train-") as tmp:
         for i, row in enumerate(rows):
-            print(f"[{i + 1}/{len(rows)}] checkpointing, bf16, ZeRO, offload, kv = {row}", flush=True)
+            print(f"[{i + 1}/{len(rows)}] {row}", flush=True)
             result = run_row(args, row, Path(tmp) / f"row{i}.json")
             if "error" not in result:
-                ref = peak.get("bf16" if row[1] else "fp32")
+                ref = peak.get("bf16" if row.bf16 else "fp32")
                 result["mfu"] = result["achieved_flops"] / ref if ref else None
             results.append(result)
 
     gpu = info["gpu"] is not None
     header = [
         "gradient checkpointing", "mixed precision", "feature pre-extraction", "deepspeed config",
-        "compress kv", "training speed", "samples/s", "memory", "MFU",
+        "compress kv", "compile", "fused AdamW", "training speed", "samples/s", "memory", "MFU",
     ]  # fmt: skip
     table = []
     for r in results:
-        ckpt, bf16, stage, offload, kv = r["row"]
-        zero = "❌" if stage == 0 else f"Zero{stage}" + (" offload" if offload else "")
+        row = Row(**r["row"])
+        zero = "❌" if row.zero == 0 else f"Zero{row.zero}" + (" offload" if row.offload else "")
+        ckpt = {"none": "❌", "full": "✔", "selective": f"every {args.checkpoint_every}"}[row.ckpt]
         cells = [
-            _tick(ckpt),
-            "bf16" if bf16 else "❌ (fp32)",
+            ckpt,
+            "bf16" if row.bf16 else "❌ (fp32)",
             "✔",
             zero,
-            f"✔ (stride {kv})" if kv > 1 else "❌",
+            f"✔ (stride {row.kv})" if row.kv > 1 else "❌",
+            _tick(row.compile),
         ]
         if "error" in r:
-            table.append([*cells, "failed", "-", "-", r["error"][:80]])
+            table.append([*cells, "-", "failed", "-", "-", r["error"][:80]])
             continue
+        cells.append(_tick(r["fused_adamw"]))
         unit = "GiB" if gpu else "GiB RSS"
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
         table.append([*cells, f"{r['steps_per_s']:.2f} steps/sec", f"{r['samples_per_s']:.2f}",
@@ -335,6 +388,9 @@ def main() -> None:
         f"process, {args.nproc} process(es); median of {args.steps} steps after {args.warmup} warm-up steps.",
         "Feature pre-extraction: random latents and caption states of the extracted shapes, no VAE or text "
         "encoder in the loop (as the published table). Attention: osp.layers.attention (SDPA on CPU).",
+        "Checkpointing: ✔ recomputes every transformer block in the backward pass, 'every k' blocks 0, k, "
+        "2k, ... (osp_train.blocks). Compile: each block torch.compile'd (regional); warm-up steps include "
+        "the compile. Fused AdamW: torch's fused kernel actually ran (CUDA only; else torch's default).",
         f"MFU: 3x forward FLOPs per step (FlopCounterMode) / step time / peak; peak = {peak_source}.",
         "Memory: " + ("peak torch.cuda.max_memory_allocated of the run." if gpu else MEMORY_NOTE),
         "ZeRO partitions optimizer states (and, at stage 2, gradients) across processes: with one process it "
@@ -344,7 +400,7 @@ def main() -> None:
         notes.append(args.note)
     title = "Training speed and memory at batch 1 (Open-Sora-Plan v1.0 table format)"
     print_report(title, header, table, notes)
-    data = {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "row", "result")},
+    data: dict[str, Any] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k not in ("child", "row", "result")},
             "peaks": peak, "results": results, "notes": notes}  # fmt: skip
     data["args"]["out"] = str(data["args"]["out"])
     write_results(args.out, args.stem, data, markdown_report(title, header, table, notes))

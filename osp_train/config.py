@@ -27,6 +27,9 @@ class OptimConfig(Config):
     schedule: Literal["constant", "cosine"] = "constant"
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 = no clipping")
+    # torch's fused AdamW kernel (one pass over weights, grads and moments instead of several foreach
+    # passes) when every parameter it steps is a CUDA floating tensor; elsewhere torch's default.
+    fused: bool = True
 
 
 class VAELossConfig(Config):
@@ -72,6 +75,23 @@ class TrainConfig(Config):
 
     ``task``: ``dit`` trains a diffusion transformer on frozen-VAE latents; ``vae`` trains a causal video
     VAE (L1 + perceptual + KL + PatchGAN, ``vae_loss``); ``vqvae`` trains a VideoGPT VQ-VAE.
+
+    Speed and memory of ``task: dit``, applied to the transformer's blocks from outside the model
+    (osp_train.blocks). ``gradient_checkpointing``: ``none`` keeps every activation for the backward
+    pass; ``full`` keeps each block's input only and recomputes the block (one more forward, about a
+    third more FLOPs per step); ``selective`` recomputes blocks 0, k, 2k, ... with k =
+    ``gradient_checkpointing_every``, so memory saved and recompute paid both fall by k. Whole blocks,
+    not parts of each, because a block frees about the most memory per recomputed FLOP. Counted with
+    saved-tensor hooks and FlopCounterMode on one LatteT2V-XL/2 layer (8x32x32 latents, fp32, eager),
+    per token: a spatial block saves 32 D values for backward and costs 28 D^2 FLOPs to recompute; its
+    feed-forward alone 13.5 D for 16 D^2, its self-attention 7.3 D for 8 D^2, its cross-attention 5.4 D
+    for 4.2 D^2. Recomputing only the feed-forward frees 1.35x less memory per FLOP than the whole block
+    (the norm, modulation and gate tensors between the sub-modules go only with the block); only the
+    cross-attention does slightly better, and it holds a sixth of the block. Recomputing just the cheap
+    pointwise ops is what torch.compile's partitioner already does inside compiled blocks, so
+    ``compile: true`` takes that part. ``true`` / ``false`` from older configs read as ``full`` /
+    ``none``. ``compile``: each block torch.compile'd (regionally, one compile per block class, as
+    osp.export.compile does for inference); the first steps pay the compile time.
     """
 
     out: Path
@@ -106,8 +126,14 @@ class TrainConfig(Config):
     batch_size: int = Field(1, ge=1, description="per rank")
     steps: int = Field(ge=1)
     optim: OptimConfig = OptimConfig()
+    # bf16: DeepSpeed runs the model in bf16 and steps fp32 master weights with fp32 AdamW moments at
+    # every ZeRO stage (osp_train.engine checks it at start).
     precision: Literal["fp32", "bf16"] = "fp32"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: Literal["none", "full", "selective"] = "none"
+    gradient_checkpointing_every: int = Field(
+        2, ge=2, description="selective: recompute blocks 0, k, 2k, ... of each block list"
+    )
+    compile: bool = Field(False, description="task dit: torch.compile each transformer block")
     zero_stage: Literal[0, 1, 2] = 0
     cpu_offload: bool = Field(False, description="ZeRO optimizer states in CPU memory (stage 1/2)")
     ema_decay: float = Field(0.9999, ge=0, le=1)
@@ -127,6 +153,13 @@ class TrainConfig(Config):
     sample_steps: int = Field(10, ge=1)
     sample_guidance: float = Field(4.5, ge=0)
     seed: int = 0
+
+    @field_validator("gradient_checkpointing", mode="before")
+    @classmethod
+    def _checkpointing_flag(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # the older on / off switch
+            return "full" if value else "none"
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -152,8 +185,23 @@ class TrainConfig(Config):
             raise ValueError(f"features: only task dit trains from features (this is task {self.task})")
         if self.features is not None and self.vae_sample and "vae_sample" in self.model_fields_set:
             raise ValueError("vae_sample: features hold the posterior mode; set vae_sample: false")
-        if self.task != "dit" and self.gradient_checkpointing:
+        if self.task != "dit" and self.gradient_checkpointing != "none":
             raise ValueError("gradient_checkpointing: only the dit models support it")
+        if (
+            self.gradient_checkpointing != "selective"
+            and "gradient_checkpointing_every" in self.model_fields_set
+        ):
+            raise ValueError(
+                "gradient_checkpointing_every: only read with gradient_checkpointing: selective "
+                f"(this run has {self.gradient_checkpointing})"
+            )
+        if "gradient_checkpointing" in self.model_overrides:
+            raise ValueError(
+                "model_overrides: gradient_checkpointing is a run setting; set gradient_checkpointing: "
+                "none | full | selective instead"
+            )
+        if self.task != "dit" and self.compile:
+            raise ValueError(f"compile: only the dit models' blocks are compiled (this is task {self.task})")
         if self.sample_every and self.task == "dit" and self.vae is None:
             raise ValueError("vae: sample_every needs the VAE that decodes the samples (features hold none)")
         if (

@@ -33,17 +33,19 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module, n: int) -> None:
-        """Fold ``model`` in as update number ``n`` (the optimizer steps taken before this one)."""
+        """Fold ``model`` in as update number ``n`` (the optimizer steps taken before this one).
+
+        Tensors pair up by state-dict name, which wrappers such as activation checkpointing's keep
+        (their parameter names do not), and must be on the shadow's device.
+        """
         decay = self.decay_at(n)
-        source = dict(model.named_parameters())
-        for name, shadow in self.model.named_parameters():
-            param = source[name]
-            if param.requires_grad:
-                shadow.lerp_(param.detach().float(), 1.0 - decay)
+        source = model.state_dict(keep_vars=True)
+        for name, shadow in self.model.state_dict(keep_vars=True).items():
+            value = source[name]
+            if isinstance(value, nn.Parameter) and value.requires_grad:
+                shadow.lerp_(value.detach().float(), 1.0 - decay)
             else:
-                shadow.copy_(param.detach())
-        for (_, shadow_buf), (_, buf) in zip(self.model.named_buffers(), model.named_buffers(), strict=True):
-            shadow_buf.copy_(buf)
+                shadow.copy_(value.detach())
 
     def save(self, folder: Path) -> Path:
         return self.model.save_pretrained(folder)

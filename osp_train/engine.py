@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from osp.errors import ConfigError
 from osp_train.config import OptimConfig, TrainConfig
 
 
@@ -97,18 +98,62 @@ def lr_lambda(optim: OptimConfig, total_steps: int) -> Any:
     return factor
 
 
+# Where AdamW runs torch's fused kernel (CUDA has one in every torch osp supports). CPU has one too
+# since torch 2.4, but CPU runs stay on torch's default path, the one osp's CPU results were made with.
+FUSED_ADAMW_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def adamw(
+    params: list[nn.Parameter], optim: OptimConfig, fused_devices: tuple[str, ...]
+) -> torch.optim.AdamW:
+    """torch's AdamW for ``params``: the fused kernel when ``optim.fused`` and every parameter is a
+    floating tensor on one of ``fused_devices``, else torch's default (foreach on CUDA).
+
+    DeepSpeed later swaps the parameters for its own fp32 copies on the same device (the bf16 masters,
+    ZeRO 1/2's flat partitions), which the fused kernel steps as well; with ``cpu_offload`` those live
+    in CPU memory, so the caller passes no fused device then.
+    """
+    fused = optim.fused and all(p.device.type in fused_devices and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(
+        params,
+        lr=optim.lr,
+        betas=optim.betas,
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        **({"fused": True} if fused else {}),
+    )
+
+
 def build_engine(cfg: TrainConfig, model: nn.Module, world_size: int) -> Any:
-    """``deepspeed.initialize`` with torch AdamW and a LambdaLR schedule; returns the engine."""
+    """``deepspeed.initialize`` with torch AdamW and a LambdaLR schedule; returns the engine.
+
+    The model moves to this rank's device first (DeepSpeed would move it too), so the optimizer sees
+    the parameters where they train and can pick its fused kernel.
+    """
     import deepspeed
 
+    if torch.cuda.is_available():
+        model.to(torch.device("cuda", torch.cuda.current_device()))
     params = [p for p in model.parameters() if p.requires_grad]
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, cfg.steps))
+    optimizer = adamw(params, cfg.optim, () if cfg.cpu_offload else FUSED_ADAMW_DEVICES)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, cfg.steps))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world_size),
     )
+    # DeepSpeed's bf16 optimizer at ZeRO 0 primes AdamW with one zero-gradient step: the moments stay
+    # zero but the step count runs one ahead, so Adam's bias correction shrinks the first updates (by
+    # about a quarter at step 1) against ZeRO 1/2 and fp32. Without state, AdamW starts at step 1.
+    optimizer.state.clear()
+    if cfg.precision == "bf16":
+        # DeepSpeed has replaced our optimizer's parameters with its master copies (per parameter at
+        # ZeRO 0, flat partitions at 1/2); AdamW's moments are created in their dtype at the first step.
+        masters = {str(p.dtype) for group in optimizer.param_groups for p in group["params"]}
+        if masters != {"torch.float32"}:
+            raise ConfigError(
+                f"precision: bf16 needs fp32 master weights, but DeepSpeed {deepspeed.__version__} steps "
+                f"{', '.join(sorted(masters))} parameters at zero_stage {cfg.zero_stage}"
+            )
     return engine

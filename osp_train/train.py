@@ -29,6 +29,7 @@ from osp.errors import ConfigError
 from osp.io.weights import CONFIG_NAME, WEIGHTS_NAME, Pretrained, load_safetensors, read_config_json
 from osp.progress import ProgressDisplay
 from osp.vae import CausalVideoVAE, load_causal_vae
+from osp_train.blocks import prepare_blocks
 from osp_train.checkpoint import (
     TrainerState,
     clean_partial,
@@ -59,8 +60,12 @@ class TrainSummary:
 
 
 def build_model(cfg: TrainConfig) -> Pretrained:
-    """The transformer from a preset or weights folder, with ``model_overrides`` applied."""
-    overrides: dict[str, Any] = {**cfg.model_overrides, "gradient_checkpointing": cfg.gradient_checkpointing}
+    """The transformer from a preset or weights folder, with ``model_overrides`` applied.
+
+    Its own checkpointing switch is off: the run's ``gradient_checkpointing`` is applied from outside
+    (osp_train.blocks), also to a weights folder saved with the switch on.
+    """
+    overrides: dict[str, Any] = {**cfg.model_overrides, "gradient_checkpointing": False}
     if cfg.conditioning == "class" and cfg.cond_dropout is not None:
         overrides["class_dropout_prob"] = cfg.cond_dropout
     state = None
@@ -297,12 +302,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
         task = autoencoder_task(cfg, info, dtype)
         if cfg.sample_every:
             task = replace(task, sample=reconstruction_sampler(cfg))
-    model = task.model
+    model = task.model.to(device)
     frozen = freeze_parameters(model, cfg.freeze)
     if frozen and main:
         console.print(f"freeze: {frozen:,} parameters kept fixed ({', '.join(cfg.freeze)})")
-    # Before DeepSpeed casts the module to bf16: the EMA keeps fp32 weights.
+    # Before DeepSpeed casts the module to bf16: the EMA keeps fp32 weights, on the training device.
     ema = EMA(model, cfg.ema_decay, cfg.ema_warmup) if main else None
+    if cfg.task == "dit":  # after the EMA's copy: the shadow stays a plain eager model
+        prepare_blocks(
+            model, cfg.gradient_checkpointing, cfg.gradient_checkpointing_every, compile=cfg.compile
+        )
     engine = build_engine(cfg, model, info.world_size)
     checkpointable = task.checkpointable(engine)
 

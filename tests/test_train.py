@@ -110,7 +110,16 @@ def test_overfit_two_clips(assets: Path, tmp_path: Path) -> None:
 
 def test_two_processes_zero2_gloo(assets: Path, tmp_path: Path) -> None:
     out = tmp_path / "zero2"
-    config = write_config(assets, out, steps=10, batch_size=1, zero_stage=2, log_every=2, checkpoint_every=5)
+    config = write_config(
+        assets,
+        out,
+        steps=10,
+        batch_size=1,
+        zero_stage=2,
+        log_every=2,
+        checkpoint_every=5,
+        gradient_checkpointing="selective",  # wrapped blocks in ZeRO-2's flat buffers and its checkpoints
+    )
     result = cli("--config", str(config), "--nproc", "2", "--quiet", timeout=150)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -124,18 +133,28 @@ def test_two_processes_zero2_gloo(assets: Path, tmp_path: Path) -> None:
     assert len(shards) == 2, shards  # one optimizer shard per rank
 
 
-def test_resume_after_sigkill_is_bit_exact(assets: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "speed",
+    [
+        pytest.param({}, id="eager"),
+        # Compiled blocks, every other one recomputed in the backward pass inside its compiled graph.
+        pytest.param(
+            {"compile": True, "gradient_checkpointing": "selective"}, id="compiled", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_resume_after_sigkill_is_bit_exact(assets: Path, tmp_path: Path, speed: dict[str, Any]) -> None:
     settings = {"steps": 40, "checkpoint_every": 4, "log_every": 4, "cond_dropout": 0.3, "vae_sample": True}
-    settings["data__random_flip"] = True
+    settings.update(speed, data__random_flip=True)
     a, b = tmp_path / "a", tmp_path / "b"
-    result = cli("--config", str(write_config(assets, a, **settings)), "--quiet")
+    result = cli("--config", str(write_config(assets, a, **settings)), "--quiet", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
     config_b = write_config(assets, b, **settings)
     command = [sys.executable, "-m", "osp.cli.train", "--config", str(config_b), "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not (b / "checkpoints" / "step-0000008").is_dir():
         assert proc.poll() is None and time.monotonic() < deadline, "run B ended before its second checkpoint"
         time.sleep(0.02)
@@ -143,7 +162,7 @@ def test_resume_after_sigkill_is_bit_exact(assets: Path, tmp_path: Path) -> None
     proc.wait()
     assert not (b / "summary.json").exists(), "run B finished before the kill; nothing was resumed"
 
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((b / "summary.json").read_text())
     assert 8 <= summary["resumed_from"] < 40
@@ -172,6 +191,18 @@ def test_bad_config_exits_2_naming_the_field(assets: Path, tmp_path: Path) -> No
         train_command, ["--config", str(config), "--set", "optim={}", "--set", "batch_size=0"]
     )
     assert result.exit_code == 2 and "batch_size" in result.output, result.output
+    for sets, field in (
+        (["gradient_checkpointing=partial"], "gradient_checkpointing: Input should be 'none', 'full' or"),
+        (
+            ["gradient_checkpointing=selective", "gradient_checkpointing_every=0"],
+            "gradient_checkpointing_every: Input should be greater than or equal to 2",
+        ),
+    ):
+        args = ["--config", str(config), "--set", "optim={}", *(f"--set={s}" for s in sets)]
+        result = runner.invoke(train_command, args)
+        assert result.exit_code == 2 and field in result.output and "Traceback" not in result.output, (
+            result.output
+        )
     bad_model = ["--set", "optim={}", "--set", "model_overrides={depth: 3}"]
     result = runner.invoke(train_command, ["--config", str(config), *bad_model, "--dry-run"])
     assert result.exit_code == 0  # dry-run only resolves the run config; the model is checked at start
