@@ -1,10 +1,17 @@
 """The one attention entry point of osp.
 
-Every model calls :func:`attention`. It picks a backend from a registry: each backend declares when it
-can run (device, dtype, head dim, mask) and a priority; the highest-priority backend whose check passes
-runs. PyTorch's SDPA is always registered and accepts everything, so it is the fallback on every
-machine. Optional accelerators (flash-attn, osp's Triton kernels) register themselves when importable;
-models never branch on hardware.
+Every model calls :func:`attention`. It runs one backend of a registry; each backend declares which
+inputs it accepts (device, dtype, head dim, mask). Which one runs is measured, not ranked: on a CUDA GPU,
+the fastest backend that accepts the call among those timed on that GPU model for the call's shape class
+(``osp.layers.dispatch_table``, written by ``benchmarks/attention.py``). Everywhere else (the CPU, a GPU
+or shape nobody measured) and while torch.compile / torch.export trace a graph it is PyTorch's SDPA, which
+accepts everything and which compilers and exporters understand. Exporters that want osp's single
+attention op in the graph force it with ``forced_backend("osp")``.
+
+Registered backends: ``sdpa`` (SDPA choosing its own kernel), ``sdpa-cudnn`` / ``sdpa-flash`` /
+``sdpa-efficient`` (SDPA held to one kernel; the math kernel stands in if that one refuses the inputs),
+``osp`` (osp's Triton kernels, when ``osp.kernels`` is installed) and ``flash-attn`` (when installed).
+Models never branch on hardware.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from osp.errors import ShapeError
+from osp.layers import dispatch_table
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
 SupportsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], bool]
@@ -28,20 +37,28 @@ class Backend:
     name: str
     fn: AttentionFn
     supports: SupportsFn
-    priority: int
 
 
 _BACKENDS: dict[str, Backend] = {}
 _FORCED: list[str] = []  # a stack: forced_backend blocks nest
+_CHOSEN: dict[tuple, Backend] = dispatch_table.choice_cache()  # per-shape choices, see select_backend
 
 
-def register_backend(name: str, fn: AttentionFn, supports: SupportsFn, priority: int = 0) -> None:
-    """Add (or replace) a backend. ``fn(q, k, v, mask, scale)`` takes (B, H, L, D) tensors."""
-    _BACKENDS[name] = Backend(name, fn, supports, priority)
+def register_backend(name: str, fn: AttentionFn, supports: SupportsFn) -> None:
+    """Add (or replace) a backend. ``fn(q, k, v, mask, scale)`` takes (B, H, L, D) tensors; a dispatch
+    table picks it by ``name``."""
+    _BACKENDS[name] = Backend(name, fn, supports)
+    _CHOSEN.clear()
 
 
 def available_backends() -> list[str]:
-    return [b.name for b in sorted(_BACKENDS.values(), key=lambda b: -b.priority)]
+    return list(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(available_backends())}")
+    return _BACKENDS[name]
 
 
 @contextmanager
@@ -51,8 +68,8 @@ def forced_backend(name: str | None) -> Iterator[None]:
     Exporters trace with ``forced_backend("osp")`` so the graph holds osp's single attention op whatever
     the tracing device. ``None`` restores automatic selection inside an enclosing forced block.
     """
-    if name is not None and name not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; registered: {', '.join(available_backends())}")
+    if name is not None:
+        get_backend(name)  # refuses unknown names before the block runs
     _FORCED.append(name or "")
     try:
         yield
@@ -63,10 +80,31 @@ def forced_backend(name: str | None) -> Iterator[None]:
 def select_backend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
 ) -> Backend:
-    for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
-        if backend.supports(q, k, v, mask):
-            return backend
-    raise RuntimeError("no attention backend accepts these inputs")  # unreachable: SDPA accepts all
+    """The backend :func:`attention` runs for these inputs when none is forced."""
+    if dispatch_table.tracing():
+        return _BACKENDS["sdpa"]
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    mask_key = None if mask is None else (mask.dtype, mask.shape)
+    key = (q.device, q.dtype, k.dtype, v.dtype, q.shape, k.shape, v.shape, mask_key, training)
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        chosen = _CHOSEN[key] = _measured_choice(q, k, v, mask, training)
+    return chosen
+
+
+def _measured_choice(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, training: bool
+) -> Backend:
+    gpu = dispatch_table.gpu_for(q.device)
+    if gpu is not None:
+        ranking = dispatch_table.attention_ranking(
+            gpu, q.dtype, q.shape[-1], q.shape[2], k.shape[2], mask is not None, training
+        )
+        for name in ranking:
+            backend = _BACKENDS.get(name)
+            if backend is not None and backend.supports(q, k, v, mask):
+                return backend
+    return _BACKENDS["sdpa"]
 
 
 def attention(
@@ -94,15 +132,11 @@ def attention(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if backend is None and _FORCED and _FORCED[-1]:
         backend = _FORCED[-1]
-    if backend is not None:
-        if backend not in _BACKENDS:
-            raise ValueError(
-                f"unknown attention backend {backend!r}; registered: {', '.join(available_backends())}"
-            )
-        chosen = _BACKENDS[backend]
-    else:
-        chosen = select_backend(q, k, v, mask)
+    chosen = select_backend(q, k, v, mask) if backend is None else get_backend(backend)
     return chosen.fn(q, k, v, mask, scale)
+
+
+# ------------------------------------------------------------------------------------------- SDPA
 
 
 def _sdpa(
@@ -111,7 +145,84 @@ def _sdpa(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 
-register_backend("sdpa", _sdpa, lambda q, k, v, mask: True, priority=0)
+register_backend("sdpa", _sdpa, lambda q, k, v, mask: True)
+
+# SDPA's kernel switches, as (name, kernel, getter, setter). torch.nn.attention.sdpa_kernel does the same
+# in ~20 µs of Python per call; four getters and eight setters cost a few.
+_SWITCHES = [
+    ("cudnn", SDPBackend.CUDNN_ATTENTION, torch.backends.cuda.cudnn_sdp_enabled, torch.backends.cuda.enable_cudnn_sdp),
+    ("flash", SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.enable_flash_sdp),
+    ("efficient", SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled,
+     torch.backends.cuda.enable_mem_efficient_sdp),
+    ("math", SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled, torch.backends.cuda.enable_math_sdp),
+]  # fmt: skip
+SDPA_KERNELS = {f"sdpa-{name}": kernel for name, kernel, _, _ in _SWITCHES if name != "math"}
+
+
+def _sdpa_held_to(kernel_name: str) -> AttentionFn:
+    """SDPA allowed one kernel, and math (always last in SDPA's order) should that one refuse."""
+    allowed = (kernel_name, "math")
+    kernels = [kernel for name, kernel, _, _ in _SWITCHES if name in allowed]
+
+    def run(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
+        if dispatch_table.tracing():  # the switches are process state Dynamo cannot record; this it can
+            with sdpa_kernel(kernels):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        was = [get() for _, _, get, _ in _SWITCHES]
+        for name, _, _, set_ in _SWITCHES:
+            set_(name in allowed)
+        try:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        finally:
+            for (_, _, _, set_), on in zip(_SWITCHES, was, strict=True):
+                set_(on)
+
+    return run
+
+
+def _half_precision(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return q.dtype in (torch.float16, torch.bfloat16) and q.dtype == k.dtype == v.dtype
+
+
+def _register_sdpa_kernels() -> None:
+    # What each kernel takes, conservatively (a refusal would fall to the slow math kernel): flash and
+    # cuDNN fp16/bf16 without a mask, head dims that are multiples of 8 up to 256 (cuDNN: 128); the
+    # memory-efficient kernel also fp32 and masks.
+    def flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        d = q.shape[-1]
+        return (
+            q.is_cuda
+            and mask is None
+            and _half_precision(q, k, v)
+            and d % 8 == 0
+            and d <= 256
+            and (v.shape[-1] == d)
+        )
+
+    def cudnn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        return flash(q, k, v, mask) and q.shape[-1] <= 128
+
+    def efficient(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        d = q.shape[-1]
+        return (
+            q.is_cuda
+            and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
+            and q.dtype == k.dtype == v.dtype
+            and d % 8 == 0
+            and v.shape[-1] == d
+        )
+
+    register_backend("sdpa-cudnn", _sdpa_held_to("cudnn"), cudnn)
+    register_backend("sdpa-flash", _sdpa_held_to("flash"), flash)
+    register_backend("sdpa-efficient", _sdpa_held_to("efficient"), efficient)
+
+
+_register_sdpa_kernels()
+
+
+# ------------------------------------------------------------------------------------------- others
 
 
 def _register_flash_attn() -> None:
@@ -124,8 +235,7 @@ def _register_flash_attn() -> None:
         return (
             q.is_cuda
             and mask is None
-            and q.dtype in (torch.float16, torch.bfloat16)
-            and q.dtype == k.dtype == v.dtype
+            and _half_precision(q, k, v)
             and q.shape[-1] <= 256
             and q.shape[-1] % 8 == 0
         )
@@ -137,7 +247,7 @@ def _register_flash_attn() -> None:
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
         return out.transpose(1, 2)
 
-    register_backend("flash_attn", run, supports, priority=10)
+    register_backend("flash-attn", run, supports)
 
 
 _register_flash_attn()
@@ -159,8 +269,8 @@ def _key_padding(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None) ->
 
 
 def _register_osp() -> None:
-    """osp's Triton kernels (``osp.kernels``, imported on first use): auto-selected on CUDA when triton is
-    installed; forced by name they run anywhere (off CUDA the op runs its plain-torch reference)."""
+    """osp's Triton kernels (``osp.kernels``, imported on first use): picked on CUDA where a table says they
+    are fastest; forced by name they run anywhere (off CUDA they run their plain-torch reference)."""
     if importlib.util.find_spec("osp.kernels") is None:
         return
     kernels_ok = importlib.util.find_spec("triton") is not None
@@ -185,7 +295,7 @@ def _register_osp() -> None:
                 return False
         return True
 
-    register_backend("osp", run, supports, priority=5)
+    register_backend("osp", run, supports)
 
 
 _register_osp()

@@ -1,9 +1,11 @@
 """adaLN's modulated LayerNorm, ``LayerNorm(x) * (1 + scale) + shift``, through one entry point.
 
-Every DiT / Latte block calls :func:`modulated_norm` twice and the final layer once. On CUDA with triton
-installed it runs osp's fused kernel (``osp::modulate_norm``: one read of x, one write of y, where the
-unfused expression reads and writes the activations three times); everywhere else, and whenever the
-norm has affine parameters, the plain expression runs. Models never branch on hardware.
+Every DiT / Latte block calls :func:`modulated_norm` twice and the final layer once. It runs either osp's
+fused kernel (``osp.kernels.modulate_norm``: one read of x, one write of y, where the unfused expression
+reads and writes the activations three times) or the plain expression, whichever was measured faster on
+this GPU model for this width and number of rows, in inference or in training
+(``osp.layers.dispatch_table``). Everywhere else — the CPU, unmeasured GPUs or shapes, a norm with affine
+parameters — the plain expression runs. Models never branch on hardware.
 
 Under ``torch.compile`` / ``torch.export`` the plain expression is traced: Inductor fuses it into one
 kernel itself (with the neighbouring residual adds, which a custom op would fence off), and exported
@@ -19,15 +21,18 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from osp.layers import dispatch_table
+
 _KERNELS = (
     importlib.util.find_spec("osp.kernels") is not None and importlib.util.find_spec("triton") is not None
 )
 _FORCED: list[str] = []  # a stack of "osp" / "torch" / "" (automatic), as attention.forced_backend
+_CHOSEN: dict[tuple, bool] = dispatch_table.choice_cache()  # per-shape: fused or not
 
 
 @contextmanager
 def norm_backend(name: str | None) -> Iterator[None]:
-    """Within the block, :func:`modulated_norm` runs ``"osp"`` (the custom op, on any device; off CUDA it
+    """Within the block, :func:`modulated_norm` runs ``"osp"`` (the fused op, on any device; off CUDA it
     runs its plain-torch reference) or ``"torch"`` (the plain expression). ``None`` restores automatic
     selection inside an enclosing block."""
     if name not in (None, "osp", "torch"):
@@ -41,15 +46,25 @@ def norm_backend(name: str | None) -> Iterator[None]:
         _FORCED.pop()
 
 
-def _fused(norm: nn.LayerNorm, x: torch.Tensor) -> bool:
-    forced = _FORCED[-1] if _FORCED else ""
-    if norm.weight is not None or norm.bias is not None or len(norm.normalized_shape) != 1:
+def _fused(norm: nn.LayerNorm, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> bool:
+    if norm.elementwise_affine or len(norm.normalized_shape) != 1:
         return False  # the kernel has no affine parameters; an affine norm keeps nn.LayerNorm
+    forced = _FORCED[-1] if _FORCED else ""
     if forced:
         return forced == "osp"
-    if torch.compiler.is_compiling():
+    if not _KERNELS or dispatch_table.tracing():
         return False
-    return _KERNELS and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+    training = torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad or scale.requires_grad)
+    key = (x.device, x.dtype, x.shape, training)
+    fused = _CHOSEN.get(key)
+    if fused is None:
+        gpu = dispatch_table.gpu_for(x.device)
+        channels = x.shape[-1]
+        ranking = () if gpu is None else dispatch_table.norm_ranking(
+            gpu, x.dtype, channels, x.numel() // max(channels, 1), training
+        )  # fmt: skip
+        fused = _CHOSEN[key] = bool(ranking) and ranking[0] == "osp"
+    return fused
 
 
 def modulated_norm(
@@ -57,7 +72,7 @@ def modulated_norm(
 ) -> torch.Tensor:
     """``norm(x) * (1 + scale) + shift`` for x (..., C); ``shift`` and ``scale`` broadcast against x
     ((B, 1, ..., 1, C) per sample, or x's full shape)."""
-    if _fused(norm, x):
+    if _fused(norm, x, shift, scale):
         from osp.kernels import modulate_norm
 
         return modulate_norm(x, shift, scale, norm.eps)

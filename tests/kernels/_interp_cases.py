@@ -30,11 +30,17 @@ ATTENTION_CASES = {
     "cross-33x64-d80-mask": (2, 1, 33, 64, 80, "random"),
     "temporal-9-d96": (3, 2, 9, 9, 96, None),
 }
-# name: (x shape, shift/scale shape)
+# name: (x shape, shift/scale shape, x transposed): a transposed x is a strided view (dims 1 and 2 swapped),
+# as a block's (B, N, T, C) activations are; widths split into two power-of-two parts (72 = 64 + 8,
+# 80 = 64 + 16, 33 = 32 + 1); tiles of 32 rows that end mid-sample, share one sample, or run past the end
 MODNORM_CASES = {
-    "per-sample-4d": ((2, 3, 16, 72), (2, 1, 1, 72)),
-    "per-row": ((2, 17, 48), (2, 17, 48)),
-    "per-sample-odd-width": ((3, 5, 33), (3, 1, 33)),
+    "per-sample-4d": ((2, 3, 16, 72), (2, 1, 1, 72), False),
+    "per-row": ((2, 17, 48), (2, 17, 48), False),
+    "per-sample-odd-width": ((3, 5, 33), (3, 1, 33), False),
+    "per-sample-transposed": ((2, 16, 3, 80), (2, 1, 1, 80), True),
+    "per-row-transposed": ((2, 6, 3, 40), (2, 6, 3, 40), True),
+    "per-sample-whole-tiles": ((2, 64, 64), (2, 1, 64), False),
+    "shared-by-the-batch": ((2, 5, 24), (24,), False),
 }
 
 
@@ -85,8 +91,12 @@ def fully_masked_case(gen):
     }
 
 
-def modnorm_case(x_shape, mod_shape, gen):
-    x = torch.randn(*x_shape, generator=gen, requires_grad=True)
+def modnorm_case(x_shape, mod_shape, transposed, gen):
+    if transposed:
+        x = torch.randn(x_shape[0], x_shape[2], x_shape[1], *x_shape[3:], generator=gen).transpose(1, 2)
+        x.requires_grad_()
+    else:
+        x = torch.randn(*x_shape, generator=gen, requires_grad=True)
     shift, scale = (torch.randn(*mod_shape, generator=gen, requires_grad=True) for _ in range(2))
     grad = torch.randn(*x_shape, generator=gen)
     out = triton_modulate_norm(x, shift, scale, 1e-6)

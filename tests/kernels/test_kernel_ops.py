@@ -1,5 +1,11 @@
-"""osp's custom ops on the CPU (reference path): schema/fake/autograd checks, torch.compile without graph
-breaks, gradients against autograd through plain torch, and the attention registry's "osp" backend."""
+"""osp's custom ops on the CPU (reference path): schema/fake/autograd checks, torch.compile and torch.export
+holding them as single nodes, eager calls that skip them, gradients against autograd through plain torch,
+and the attention registry's "osp" backend."""
+
+import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import torch
@@ -95,17 +101,72 @@ class _Block(torch.nn.Module):
         return osp.kernels.attention(q, k, v, mask).transpose(1, 2).reshape(n, length, dim)
 
 
-def test_compile_fullgraph_matches_eager() -> None:
+def osp_ops_run(fn: Callable[[], object]) -> set[str]:
+    """Names of the osp:: custom ops the dispatcher runs during ``fn()``."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages() if e.key.startswith("osp::")}
+
+
+def test_eager_calls_skip_the_custom_ops_and_compute_the_same() -> None:
+    """Eager mode runs the kernels (here their reference) through an autograd Function, not the ops: same
+    outputs and gradients as the ops, none of their dispatch."""
+    block = _Block()
+    x, c, mask = torch.randn(2, 10, 32, requires_grad=True), torch.randn(2, 32), key_mask(lk=10)
+    grad = torch.randn(2, 10, 32)
+    assert osp_ops_run(lambda: block(x, c, mask).backward(grad)) == set()
+    with torch.no_grad():
+        assert osp_ops_run(lambda: block(x, c, mask)) == set()
+    got = block(x, c, mask)
+    got_grads = torch.autograd.grad(got, (x, *block.parameters()), grad)
+    with _through_the_ops():
+        want = block(x, c, mask)
+        want_grads = torch.autograd.grad(want, (x, *block.parameters()), grad)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@contextmanager
+def _through_the_ops() -> Iterator[None]:
+    """The entry points as they run while a graph is recorded: through torch.ops.osp.*."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importlib.import_module("osp.kernels.attention"), "tracing", lambda: True)
+        patch.setattr(importlib.import_module("osp.kernels.modulate_norm"), "tracing", lambda: True)
+        assert osp_ops_run(lambda: osp.kernels.modulate_norm(*(torch.randn(2, 3, 4) for _ in range(3))))
+        yield
+
+
+def test_compile_fullgraph_matches_eager_and_holds_the_ops() -> None:
     torch._dynamo.reset()
     block = _Block()
     x, c, mask = torch.randn(2, 10, 32), torch.randn(2, 32), key_mask(lk=10)
     want = block(x, c, mask)
+    targets: set[Any] = set()
+
+    def recording(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Callable[..., Any]:
+        targets.update(node.target for node in gm.graph.nodes if node.op == "call_function")
+        return gm.forward
+
+    compiled = torch.compile(block, fullgraph=True, backend=recording)
+    torch.testing.assert_close(compiled(x, c, mask), want)
+    assert {torch.ops.osp.attention_fwd, torch.ops.osp.modulate_norm} <= targets
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, c, mask), want)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, c, mask), want)
     compiled(x, c, mask).sum().backward()  # the ops' autograd formulas trace too
     assert all(p.grad is not None for p in block.parameters())
+
+
+def test_export_holds_the_single_output_ops() -> None:
+    block = _Block().eval()
+    inputs = (torch.randn(2, 10, 32), torch.randn(2, 32), key_mask(lk=10))
+    with torch.no_grad():
+        program = torch.export.export(block, inputs, strict=True)
+    targets = {node.target for node in program.graph.nodes if node.op == "call_function"}
+    assert {torch.ops.osp.attention.default, torch.ops.osp.modulate_norm.default} <= targets
+    torch.testing.assert_close(program.module()(*inputs), block(*inputs))
 
 
 def test_registry_forced_osp_matches_sdpa_and_auto_stays_sdpa() -> None:

@@ -12,6 +12,12 @@ On CUDA (triton importable, fp16/bf16/fp32, head dim <= 256) the ops run the ker
 ``_attention_triton``; on any other device they run :func:`attention_reference` and its hand-written
 backward, which is the same math in fp32. Tensors are (B, H, L, D); the key-padding mask is bool (B, Lk),
 True = attend; a query whose keys are all masked gets output 0 (SDPA gives NaN there).
+
+The ops are for graphs. A custom op costs tens of microseconds of host time per call in eager mode
+(torch.library's dispatch and its Python autograd wrapper; ``benchmarks/dispatch_overhead.py`` measures
+it), which a GPU finishes small attention calls in less than. So :func:`attention` calls the same
+kernels through a plain ``torch.autograd.Function`` in eager mode, and the ops only while torch.compile,
+torch.export or torch.jit.trace record a graph.
 """
 
 import math
@@ -33,6 +39,16 @@ def _use_triton(q: Tensor) -> bool:
         and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
         and q.shape[-1] <= 256
     )
+
+
+def tracing() -> bool:
+    """True while torch.compile, torch.export or torch.jit.trace record a graph (the ops' only users)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or _exporting()
+
+
+def _exporting() -> bool:
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
+    return bool(is_exporting is not None and is_exporting())
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -79,6 +95,25 @@ def _reference_bwd(
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _forward(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, use_triton: bool
+) -> tuple[Tensor, Tensor]:
+    if use_triton:
+        assert _tri is not None
+        return _tri.attention_fwd(q, k, v, mask, scale)
+    return _reference_fwd(q, k, v, mask, scale)
+
+
+def _backward(
+    grad: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, out: Tensor, lse: Tensor, scale: float,
+    use_triton: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    if use_triton:
+        assert _tri is not None
+        return _tri.attention_bwd(grad, q, k, v, mask, out, lse, scale)
+    return _reference_bwd(grad, q, k, v, mask, out, lse, scale)
+
+
 # ---------------------------------------------------------------------------------------- custom ops
 
 
@@ -86,10 +121,7 @@ def _reference_bwd(
 def attention_fwd(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, scale: float
 ) -> tuple[Tensor, Tensor]:
-    if _use_triton(q):
-        assert _tri is not None
-        return _tri.attention_fwd(q, k, v, key_padding_mask, scale)
-    return _reference_fwd(q, k, v, key_padding_mask, scale)
+    return _forward(q, k, v, key_padding_mask, scale, _use_triton(q))
 
 
 @attention_fwd.register_fake
@@ -110,10 +142,7 @@ def attention_backward(
     lse: Tensor,
     scale: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if _use_triton(q):
-        assert _tri is not None
-        return _tri.attention_bwd(grad, q, k, v, key_padding_mask, out, lse, scale)
-    return _reference_bwd(grad, q, k, v, key_padding_mask, out, lse, scale)
+    return _backward(grad, q, k, v, key_padding_mask, out, lse, scale, _use_triton(q))
 
 
 @attention_backward.register_fake
@@ -132,10 +161,7 @@ def _(
 
 @torch.library.custom_op("osp::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, scale: float) -> Tensor:
-    if _use_triton(q):
-        assert _tri is not None
-        return _tri.attention_fwd(q, k, v, key_padding_mask, scale)[0]
-    return _reference_fwd(q, k, v, key_padding_mask, scale)[0]
+    return _forward(q, k, v, key_padding_mask, scale, _use_triton(q))[0]
 
 
 @attention_op.register_fake
@@ -175,43 +201,45 @@ attention_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)
 attention_op.register_autograd(_backward_op, setup_context=_setup_op)
 
 
-def _exporting() -> bool:
-    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
-    return bool(is_exporting is not None and is_exporting())
-
-
 def attention(
     q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, scale: float | None = None
 ) -> Tensor:
     """softmax(q kᵀ · scale) v for q (B, H, Lq, D), k/v (B, H, Lk, D); mask (B, Lk) bool, True = attend.
 
-    With gradients it runs ``osp::attention_fwd`` (the backward reuses its log-sum-exp); otherwise, and
-    always while exporting, the single-output ``osp::attention`` that exporters translate.
+    In eager mode the kernels run through :class:`_Attention` (its backward reuses the forward's
+    log-sum-exp). While a graph is recorded: ``osp::attention_fwd`` when gradients are needed, otherwise
+    (and always while exporting) the single-output ``osp::attention`` that exporters translate.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if needs_grad and not _exporting():
-        return torch.ops.osp.attention_fwd(q, k, v, key_padding_mask, scale)[0]
-    return torch.ops.osp.attention(q, k, v, key_padding_mask, scale)
+    if tracing():
+        if needs_grad and not _exporting():
+            return torch.ops.osp.attention_fwd(q, k, v, key_padding_mask, scale)[0]
+        return torch.ops.osp.attention(q, k, v, key_padding_mask, scale)
+    if needs_grad:
+        return _Attention.apply(q, k, v, key_padding_mask, scale, _use_triton(q))
+    return _forward(q, k, v, key_padding_mask, scale, _use_triton(q))[0]
 
 
-# ------------------------------------------------------------------------------- direct Triton entry
+# ------------------------------------------------------------------------------------- eager entry
 
 
-class _TritonAttention(torch.autograd.Function):
+class _Attention(torch.autograd.Function):
+    """The kernels (``use_triton``) or the reference with their own backward, without the ops' dispatch."""
+
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-        assert _tri is not None
-        out, lse = _tri.attention_fwd(q, k, v, mask, scale)
+    def forward(
+        ctx, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float, use_triton: bool
+    ) -> Tensor:
+        out, lse = _forward(q, k, v, mask, scale, use_triton)
         ctx.save_for_backward(q, k, v, mask, out, lse)
-        ctx.scale = scale
+        ctx.scale, ctx.use_triton = scale, use_triton
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple:
-        assert _tri is not None
         q, k, v, mask, out, lse = ctx.saved_tensors
-        return (*_tri.attention_bwd(grad, q, k, v, mask, out, lse, ctx.scale), None, None)
+        return (*_backward(grad, q, k, v, mask, out, lse, ctx.scale, ctx.use_triton), None, None, None)
 
 
 def triton_attention(
@@ -225,4 +253,4 @@ def triton_attention(
     if _tri is None:
         raise ImportError("triton_attention needs triton (pip install 'osp[kernels]')")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return _TritonAttention.apply(q, k, v, key_padding_mask, scale)
+    return _Attention.apply(q, k, v, key_padding_mask, scale, True)

@@ -6,15 +6,26 @@ memory-bound. ``shift`` and ``scale`` broadcast against x; the kernels take the 
 produce without copying: one (C,) vector per sample (shape (B, 1, ..., 1, C)) or one per row (full shape).
 Anything else is expanded to full shape first.
 
+The forward gives each program a tile of several rows (:func:`fwd_config`): one row of 1152 channels is
+2.3 KB, too little work per program to keep enough loads in flight to use HBM's bandwidth. The width is
+covered by a power-of-two part and, when C is not a power of two, a second power-of-two part
+(1152 = 1024 + 128) instead of one part padded to 2048, so no lane and no register is spent on padding.
+x may be a strided view (up to three leading dimensions, unit stride along C), as a block's transposed
+activations are: it is read in place instead of being copied first.
+
 The backward recomputes each row's mean and 1/std (the row is read anyway) and accumulates the
 per-sample dshift = Σ dy and dscale = Σ dy·x̂ in registers over a run of rows, writing one partial sum per
 program; torch adds the few partials. No atomics, so the gradients are deterministic.
 
-``osp::modulate_norm`` runs the kernels on CUDA and the plain-torch expression elsewhere.
+``osp::modulate_norm`` runs the kernels on CUDA and the plain-torch expression elsewhere; it is the node
+graphs hold. In eager mode :func:`modulate_norm` calls the same code through a plain autograd Function,
+which costs a fraction of a custom op's host time (see ``osp.kernels.attention``).
 """
 
 import torch
 import torch.nn.functional as F
+
+from .attention import tracing
 
 try:
     import triton
@@ -29,22 +40,55 @@ Tensor = torch.Tensor
 if triton is not None:
 
     @triton.jit
-    def _modnorm_fwd(X, Shift, Scale, Y, C, rows_per_group, eps, BLOCK_C: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        group = row // rows_per_group
-        offs = tl.arange(0, BLOCK_C)
-        ok = offs < C
-        x = tl.load(X + row * C + offs, mask=ok, other=0.0).to(tl.float32)
-        xc = tl.where(ok, x - tl.sum(x, 0) / C, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, 0) / C + eps)
-        shift = tl.load(Shift + group * C + offs, mask=ok, other=0.0).to(tl.float32)
-        scale = tl.load(Scale + group * C + offs, mask=ok, other=0.0).to(tl.float32)
-        y = xc * rstd * (1.0 + scale) + shift
-        tl.store(Y + row * C + offs, y.to(Y.dtype.element_ty), mask=ok)
+    def _modnorm_fwd(
+        X, Shift, Scale, Y, n_rows, C, S1, S2, sx0, sx1, sx2, rows_per_group, s_shift, s_scale, eps,
+        ROWS: tl.constexpr, C0: tl.constexpr, C1: tl.constexpr, ONE_GROUP: tl.constexpr,
+    ):  # fmt: skip
+        # Rows r of the program's tile, in x's logical order; x is read as (S0, S1, S2, C) with strides
+        # (sx0, sx1, sx2, 1), y is written contiguous.
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+        row_ok = rows < n_rows
+        x_row = X + (rows // (S1 * S2)) * sx0 + ((rows // S2) % S1) * sx1 + (rows % S2) * sx2
+        y_row = Y + rows * C
+        # Part 0 holds channels [0, C0) with C0 <= C: only the row mask applies, so loads stay whole vectors.
+        cols0 = tl.arange(0, C0)
+        x0 = tl.load(x_row[:, None] + cols0[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        total = tl.sum(x0, 1)
+        if C1 > 0:  # channels [C0, C), padded to the power of two C1
+            cols1 = C0 + tl.arange(0, C1)
+            ok1 = row_ok[:, None] & (cols1 < C)[None, :]
+            x1 = tl.load(x_row[:, None] + cols1[None, :], mask=ok1, other=0.0).to(tl.float32)
+            total += tl.sum(x1, 1)
+        mean = total / C
+        xc0 = x0 - mean[:, None]
+        var = tl.sum(xc0 * xc0, 1)
+        if C1 > 0:
+            xc1 = tl.where(ok1, x1 - mean[:, None], 0.0)
+            var += tl.sum(xc1 * xc1, 1)
+        rstd = 1.0 / tl.sqrt(var / C + eps)
+        if ONE_GROUP:  # every row of the tile shares one shift/scale row: load it once, as a vector
+            group = (tl.program_id(0).to(tl.int64) * ROWS) // rows_per_group
+            shift0 = tl.load(Shift + group * s_shift + cols0).to(tl.float32)[None, :]
+            scale0 = tl.load(Scale + group * s_scale + cols0).to(tl.float32)[None, :]
+        else:
+            group = (rows // rows_per_group)[:, None]
+            shift0 = tl.load(Shift + group * s_shift + cols0[None, :], mask=row_ok[:, None]).to(tl.float32)
+            scale0 = tl.load(Scale + group * s_scale + cols0[None, :], mask=row_ok[:, None]).to(tl.float32)
+        y0 = xc0 * rstd[:, None] * (1.0 + scale0) + shift0
+        tl.store(y_row[:, None] + cols0[None, :], y0.to(Y.dtype.element_ty), mask=row_ok[:, None])
+        if C1 > 0:
+            if ONE_GROUP:
+                shift1 = tl.load(Shift + group * s_shift + cols1, mask=cols1 < C).to(tl.float32)[None, :]
+                scale1 = tl.load(Scale + group * s_scale + cols1, mask=cols1 < C).to(tl.float32)[None, :]
+            else:
+                shift1 = tl.load(Shift + group * s_shift + cols1[None, :], mask=ok1).to(tl.float32)
+                scale1 = tl.load(Scale + group * s_scale + cols1[None, :], mask=ok1).to(tl.float32)
+            y1 = xc1 * rstd[:, None] * (1.0 + scale1) + shift1
+            tl.store(y_row[:, None] + cols1[None, :], y1.to(Y.dtype.element_ty), mask=ok1)
 
     @triton.jit
     def _modnorm_bwd(
-        X, Scale, dY, dX, dShiftPart, dScalePart, C, rows_per_group, rows_per_prog, eps,
+        X, Scale, dY, dX, dShiftPart, dScalePart, C, rows_per_group, rows_per_prog, s_scale, eps,
         BLOCK_C: tl.constexpr,
     ):  # fmt: skip
         # Program (g, s) handles rows [s*rows_per_prog, (s+1)*rows_per_prog) of group g.
@@ -52,7 +96,7 @@ if triton is not None:
         split = tl.program_id(1)
         offs = tl.arange(0, BLOCK_C)
         ok = offs < C
-        scale1 = 1.0 + tl.load(Scale + group * C + offs, mask=ok, other=0.0).to(tl.float32)
+        scale1 = 1.0 + tl.load(Scale + group * s_scale + offs, mask=ok, other=0.0).to(tl.float32)
         acc_shift = tl.zeros([BLOCK_C], tl.float32)
         acc_scale = tl.zeros([BLOCK_C], tl.float32)
         start = split * rows_per_prog
@@ -74,8 +118,46 @@ if triton is not None:
         tl.store(dScalePart + part + offs, acc_scale, mask=ok)
 
 
-def _grouped(x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, int]:
-    """shift/scale as contiguous (G, C) tables and the number of consecutive rows of x sharing a row."""
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def fwd_config(channels: int) -> dict[str, int]:
+    """The forward's tile for a width: ``C0`` + ``C1`` channels (two powers of two covering C), ``ROWS``
+    rows per program and ``num_warps``.
+
+    About 6K elements per tile and 32 per thread: each thread then has four to five 16-byte loads of x
+    in flight, and its registers leave room for several programs per SM (1152 channels: 4 rows, 4 warps).
+    """
+    c0 = _pow2_floor(channels)
+    c1 = 0 if channels == c0 else triton.next_power_of_2(channels - c0)
+    rows = min(32, _pow2_floor(6144 // (c0 + c1)))
+    warps = min(16, _pow2_floor(rows * (c0 + c1) // 1024))
+    return {"C0": c0, "C1": c1, "ROWS": rows, "num_warps": warps}
+
+
+def _row_view(x: Tensor) -> tuple[Tensor, list[int], list[int]]:
+    """x (or a contiguous copy when it cannot be read so) with its rows as (S0, S1, S2) and their strides."""
+    if x.stride(-1) != 1 and x.shape[-1] > 1:
+        x = x.contiguous()
+    dims: list[list[int]] = []  # [size, stride] of the leading dimensions, merged where they are one run
+    for size, stride in zip(x.shape[:-1], x.stride()[:-1], strict=True):
+        if size == 1:
+            continue
+        if dims and dims[-1][1] == size * stride:
+            dims[-1] = [dims[-1][0] * size, stride]
+        else:
+            dims.append([size, stride])
+    if len(dims) > 3:
+        x = x.contiguous()
+        dims = [[x.numel() // x.shape[-1], x.shape[-1]]]
+    dims += [[1, 0]] * (3 - len(dims))  # size-1 inner dims: a contiguous x reads as (rows, 1, 1)
+    return x, [d[0] for d in dims], [d[1] for d in dims]
+
+
+def _tables(x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, int, Tensor, int, int]:
+    """shift and scale as row tables with their row strides (0: one row shared by every sample), and the
+    number of consecutive rows of x that share a table row."""
     c = x.shape[-1]
     rows = x.numel() // c
 
@@ -83,26 +165,37 @@ def _grouped(x: Tensor, shift: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, i
         shape = (1,) * (x.dim() - t.dim()) + tuple(t.shape)
         return x.dim() >= 2 and shape[-1] == c and all(s == 1 for s in shape[1:-1])
 
-    if per_sample(shift) and per_sample(scale):
-        n = x.shape[0]
-        table = [t.reshape(-1, c).expand(n, c).contiguous() for t in (shift, scale)]
-        return table[0], table[1], rows // n
-    return (
-        shift.expand(x.shape).reshape(rows, c).contiguous(),
-        scale.expand(x.shape).reshape(rows, c).contiguous(),
-        1,
-    )
+    grouped = per_sample(shift) and per_sample(scale)
+
+    def table(t: Tensor) -> tuple[Tensor, int]:
+        # per sample: (1 or N, C); otherwise one row of the table per row of x
+        t = t.reshape(-1, c) if grouped else t.expand(x.shape).reshape(rows, c)
+        if t.stride(-1) != 1 and c > 1:
+            t = t.contiguous()
+        return t, t.stride(0) if t.shape[0] > 1 else 0
+
+    (sh, s_sh), (sc, s_sc) = table(shift), table(scale)
+    return sh, s_sh, sc, s_sc, rows // x.shape[0] if grouped else 1
 
 
-def triton_modulate_norm_fwd(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
+def triton_modulate_norm_fwd(
+    x: Tensor, shift: Tensor, scale: Tensor, eps: float, config: dict[str, int] | None = None
+) -> Tensor:
+    """The forward kernel; ``config`` overrides :func:`fwd_config`'s ``ROWS`` / ``num_warps`` (benchmarks)."""
     assert triton is not None
-    x = x.contiguous()
-    sh, sc, rows_per_group = _grouped(x, shift, scale)
     c = x.shape[-1]
     y = torch.empty(x.shape, dtype=_out_dtype(x, shift, scale), device=x.device)
-    block_c = triton.next_power_of_2(c)
-    warps = 1 if interpreting() else min(16, max(4, block_c // 256))
-    _modnorm_fwd[(x.numel() // c,)](x, sh, sc, y, c, rows_per_group, eps, BLOCK_C=block_c, num_warps=warps)
+    rows = x.numel() // max(c, 1)
+    if rows == 0 or c == 0:
+        return y
+    x, sizes, strides = _row_view(x)
+    sh, s_sh, sc, s_sc, rows_per_group = _tables(x, shift, scale)
+    cfg = fwd_config(c) | (config or {})
+    _modnorm_fwd[(triton.cdiv(rows, cfg["ROWS"]),)](
+        x, sh, sc, y, rows, c, sizes[1], sizes[2], *strides, rows_per_group, s_sh, s_sc, eps,
+        ROWS=cfg["ROWS"], C0=cfg["C0"], C1=cfg["C1"], ONE_GROUP=rows_per_group % cfg["ROWS"] == 0,
+        num_warps=cfg["num_warps"],
+    )  # fmt: skip
     return y
 
 
@@ -111,7 +204,7 @@ def triton_modulate_norm_bwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     assert triton is not None
     x, grad = x.contiguous(), grad.contiguous()
-    _, sc, rows_per_group = _grouped(x, shift, scale)
+    _, _, sc, s_sc, rows_per_group = _tables(x, shift, scale)
     c = x.shape[-1]
     groups = x.numel() // c // rows_per_group
     # Enough programs to fill the GPU (~4 per SM on an H100), each summing a run of rows of one group.
@@ -125,7 +218,7 @@ def triton_modulate_norm_bwd(
     block_c = triton.next_power_of_2(c)
     warps = 1 if interpreting() else min(16, max(4, block_c // 256))
     _modnorm_bwd[(groups, split)](
-        x, sc, grad, dx, part_shift, part_scale, c, rows_per_group, rows_per_prog, eps,
+        x, sc, grad, dx, part_shift, part_scale, c, rows_per_group, rows_per_prog, s_sc, eps,
         BLOCK_C=block_c, num_warps=warps,
     )  # fmt: skip
     return dx, _reduce(part_shift.sum(1), x, shift), _reduce(part_scale.sum(1), x, scale)
@@ -172,11 +265,23 @@ def _use_triton(x: Tensor) -> bool:
     return triton is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
-@torch.library.custom_op("osp::modulate_norm", mutates_args=())
-def modulate_norm_op(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
-    if _use_triton(x):
+def _forward(x: Tensor, shift: Tensor, scale: Tensor, eps: float, use_triton: bool) -> Tensor:
+    if use_triton:
         return triton_modulate_norm_fwd(x, shift, scale, eps)
     return modulate_norm_reference(x, shift, scale, eps)
+
+
+def _backward(
+    grad: Tensor, x: Tensor, shift: Tensor, scale: Tensor, eps: float, use_triton: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    if use_triton:
+        return triton_modulate_norm_bwd(grad, x, shift, scale, eps)
+    return _reference_bwd(grad, x, shift, scale, eps)
+
+
+@torch.library.custom_op("osp::modulate_norm", mutates_args=())
+def modulate_norm_op(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
+    return _forward(x, shift, scale, eps, _use_triton(x))
 
 
 @modulate_norm_op.register_fake
@@ -188,9 +293,7 @@ def _(x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
 def modulate_norm_backward(
     grad: Tensor, x: Tensor, shift: Tensor, scale: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if _use_triton(x):
-        return triton_modulate_norm_bwd(grad, x, shift, scale, eps)
-    return _reference_bwd(grad, x, shift, scale, eps)
+    return _backward(grad, x, shift, scale, eps, _use_triton(x))
 
 
 @modulate_norm_backward.register_fake
@@ -204,13 +307,19 @@ def _setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tens
     ctx.eps = eps  # type: ignore[attr-defined]
 
 
-def _backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
+def _backward_op(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple:
     x, shift, scale = ctx.saved_tensors  # type: ignore[attr-defined]
     dx, dshift, dscale = torch.ops.osp.modulate_norm_backward(grad, x, shift, scale, ctx.eps)  # type: ignore[attr-defined]
     return dx, dshift, dscale, None
 
 
-modulate_norm_op.register_autograd(_backward, setup_context=_setup)
+modulate_norm_op.register_autograd(_backward_op, setup_context=_setup)
+
+
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    # What torch.broadcast_shapes(target, shape) == target says, at a twentieth of its host time.
+    lead = len(target) - len(shape)
+    return lead >= 0 and all(s in (1, t) for s, t in zip(shape, target[lead:], strict=True))
 
 
 def modulate_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
@@ -223,33 +332,37 @@ def modulate_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) ->
     if x.dim() >= 3 and shift.dim() == 2 and scale.dim() == 2 and shift.shape[0] == x.shape[0]:
         view = (x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
         shift, scale = shift.reshape(view), scale.reshape(view)
-    try:
-        shape: torch.Size | None = torch.broadcast_shapes(x.shape, shift.shape, scale.shape)
-    except RuntimeError:  # torch's message for shapes that do not broadcast at all
-        shape = None
-    if shape != x.shape:
+    if not (_broadcasts(shift.shape, x.shape) and _broadcasts(scale.shape, x.shape)):
         raise ValueError(
             f"modulate_norm: shift{tuple(shift.shape)} and scale{tuple(scale.shape)} must broadcast to "
             f"x{tuple(x.shape)}"
         )
-    return torch.ops.osp.modulate_norm(x, shift, scale, float(eps))
+    eps = float(eps)
+    if tracing():
+        return torch.ops.osp.modulate_norm(x, shift, scale, eps)
+    use_triton = _use_triton(x)
+    if torch.is_grad_enabled() and (x.requires_grad or shift.requires_grad or scale.requires_grad):
+        return _ModulateNorm.apply(x, shift, scale, eps, use_triton)
+    return _forward(x, shift, scale, eps, use_triton)
+
+
+class _ModulateNorm(torch.autograd.Function):
+    """The kernels (``use_triton``) or the reference with their own backward, without the ops' dispatch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, eps: float, use_triton: bool) -> Tensor:
+        ctx.save_for_backward(x, shift, scale)
+        ctx.eps, ctx.use_triton = eps, use_triton
+        return _forward(x, shift, scale, eps, use_triton)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple:
+        x, shift, scale = ctx.saved_tensors
+        return (*_backward(grad, x, shift, scale, ctx.eps, ctx.use_triton), None, None)
 
 
 def triton_modulate_norm(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
     """The Triton kernels on any device Triton launches on (CPU under ``TRITON_INTERPRET=1``), with autograd."""
     if triton is None:
         raise ImportError("triton_modulate_norm needs triton (pip install 'osp[kernels]')")
-    return _TritonModulateNorm.apply(x, shift, scale, float(eps))
-
-
-class _TritonModulateNorm(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, shift: Tensor, scale: Tensor, eps: float) -> Tensor:
-        ctx.save_for_backward(x, shift, scale)
-        ctx.eps = eps
-        return triton_modulate_norm_fwd(x, shift, scale, eps)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple:
-        x, shift, scale = ctx.saved_tensors
-        return (*triton_modulate_norm_bwd(grad, x, shift, scale, ctx.eps), None)
+    return _ModulateNorm.apply(x, shift, scale, float(eps), True)

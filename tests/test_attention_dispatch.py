@@ -1,0 +1,240 @@
+"""Backends chosen by measured speed (osp.layers.dispatch_table): attention and modulate-norm selection
+against fake tables on a fake GPU (CPU tensors), the ranges a table's points cover, and the shipped H200
+table's picks against the timings it was built from."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import osp.kernels
+from osp.layers import dispatch_table
+from osp.layers import norm as norm_module
+from osp.layers.attention import attention, forced_backend, register_backend, select_backend
+from osp.layers.norm import modulated_norm
+
+attention_module = importlib.import_module("osp.layers.attention")  # osp.layers.attention is the function
+FAKE_GPU = "Fake GPU 80GB"
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """CPU tensors count as sitting on FAKE_GPU, whose table (when a test writes one) lives in tmp_path;
+    two fake backends return constants so a test sees which one ran."""
+    monkeypatch.setattr(dispatch_table, "TABLE_DIR", tmp_path)
+    monkeypatch.setattr(dispatch_table, "gpu_for", lambda device: FAKE_GPU)
+    monkeypatch.setattr(attention_module, "_BACKENDS", dict(attention_module._BACKENDS))
+    register_backend("fake-a", lambda q, k, v, mask, scale: torch.full_like(q, 1.0), lambda *args: True)
+    register_backend(
+        "fake-unmasked",
+        lambda q, k, v, mask, scale: torch.full_like(q, 2.0),
+        lambda q, k, v, mask: mask is None,
+    )
+    dispatch_table.reset()
+    yield tmp_path
+    dispatch_table.reset()
+
+
+def attention_row(kind: str, length: int, forward: dict[str, float], training: dict[str, float] | None = None,
+                  **fields: Any) -> dict[str, Any]:  # fmt: skip
+    lk = fields.pop("lk", length)
+    return {"class": kind, "dtype": fields.pop("dtype", "bf16"), "head_dim": fields.pop("head_dim", 16),
+            "masked": fields.pop("masked", False), "lq": length, "lk": lk, "forward_ms": forward,
+            "training_ms": training or forward}  # fmt: skip
+
+
+def write_table(folder: Path, attention_rows: list[dict], norm_rows: list[dict] | None = None) -> None:
+    table = dispatch_table.build_table(
+        FAKE_GPU, {"bf16": {"source": "test"}}, attention_rows, norm_rows or []
+    )
+    dispatch_table.table_path(FAKE_GPU).write_text(json.dumps(table))
+    assert dispatch_table.table_path(FAKE_GPU).parent == folder
+
+
+def qkv(length: int, dtype: torch.dtype = torch.bfloat16, grad: bool = False) -> list[torch.Tensor]:
+    return [torch.randn(1, 2, length, 16, dtype=dtype, requires_grad=grad) for _ in range(3)]
+
+
+def ran(out: torch.Tensor) -> str:
+    """Which backend produced ``out``: the fakes' constants, or a real attention."""
+    return {1.0: "fake-a", 2.0: "fake-unmasked"}.get(out.flatten()[0].item(), "real")
+
+
+# -------------------------------------------------------------------------------------------- ranges
+
+
+def test_spans_reach_halfway_to_the_neighbouring_points() -> None:
+    assert dispatch_table.spans([4096, 1024, 16384]) == {1024: (512, 2048), 4096: (2048, 8192),
+                                                         16384: (8192, 32768)}  # fmt: skip
+    assert dispatch_table.spans([16, 64, 32]) == {16: (11, 23), 32: (23, 45), 64: (45, 91)}
+    assert dispatch_table.spans([120]) == {120: (60, 240)}
+
+
+def test_times_measured_at_one_point_add_up_and_refusals_stay_refusals() -> None:
+    norm = [{"dtype": "bf16", "channels": 8, "rows": 64, "forward_ms": {"osp": 1.0, "torch": 2.0}},
+            {"dtype": "bf16", "channels": 8, "rows": 64, "forward_ms": {"osp": 4.0, "torch": None}}]  # fmt: skip
+    (entry,) = dispatch_table.build_table("x", {}, [], norm)["modulate_norm"]
+    assert entry["forward_ms"] == {"osp": 5.0, "torch": None} and entry["rows"] == [32, 128]
+    assert dispatch_table.ranking(entry["forward_ms"]) == ("osp",)
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+
+def test_cpu_and_unmeasured_gpus_run_sdpa(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    q, k, v = qkv(32)
+    assert select_backend(q, k, v).name == "sdpa"  # a CPU has no table
+    monkeypatch.setattr(dispatch_table, "TABLE_DIR", tmp_path)  # an empty folder: no GPU was measured
+    monkeypatch.setattr(dispatch_table, "gpu_for", lambda device: "Unknown GPU")
+    dispatch_table.reset()
+    try:
+        assert select_backend(q, k, v).name == "sdpa"
+        torch.testing.assert_close(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    finally:
+        dispatch_table.reset()
+
+
+def test_a_length_between_measured_points_takes_its_ranges_winner(fake_gpu: Path) -> None:
+    write_table(fake_gpu, [attention_row("spatial", 1024, {"fake-a": 1.0, "sdpa": 2.0}),
+                           attention_row("spatial", 4096, {"fake-a": 3.0, "sdpa": 2.0})])  # fmt: skip
+    picks = {n: select_backend(*qkv(n)).name for n in (400, 600, 1024, 2000, 2100, 4096, 8000, 9000)}
+    assert picks == {400: "sdpa", 600: "fake-a", 1024: "fake-a", 2000: "fake-a", 2100: "sdpa", 4096: "sdpa",
+                     8000: "sdpa", 9000: "sdpa"}  # fmt: skip
+    assert ran(attention(*qkv(1500))) == "fake-a"
+
+
+def test_other_dtypes_take_their_own_entries_or_sdpa(fake_gpu: Path) -> None:
+    write_table(fake_gpu, [attention_row("spatial", 64, {"fake-a": 1.0, "sdpa": 2.0}),
+                           attention_row("spatial", 64, {"fake-unmasked": 1.0, "sdpa": 2.0}, dtype="fp32")])  # fmt: skip
+    assert select_backend(*qkv(64, torch.bfloat16)).name == "fake-a"
+    assert select_backend(*qkv(64, torch.float16)).name == "sdpa"  # nobody measured fp16
+    assert select_backend(*qkv(64, torch.float32)).name == "fake-unmasked"
+
+
+def test_inference_and_training_take_their_own_rankings(fake_gpu: Path) -> None:
+    write_table(fake_gpu, [attention_row("temporal", 16, {"fake-a": 1.0, "fake-unmasked": 2.0},
+                                         {"fake-a": 2.0, "fake-unmasked": 1.0})])  # fmt: skip
+    with torch.no_grad():
+        assert ran(attention(*qkv(16, grad=True))) == "fake-a"
+    assert ran(attention(*qkv(16, grad=True))) == "fake-unmasked"
+    assert ran(attention(*qkv(16))) == "fake-a"  # no input needs a gradient: inference
+
+
+def test_a_winner_that_refuses_the_inputs_gives_way_to_the_next(fake_gpu: Path) -> None:
+    write_table(fake_gpu, [attention_row("cross", 256, {"fake-unmasked": 1.0, "fake-a": 2.0, "sdpa": 3.0},
+                                         lk=24, masked=True),
+                           attention_row("cross", 256, {"fake-unmasked": 1.0, "sdpa": 3.0}, lk=24)])  # fmt: skip
+    q, k, v = qkv(256)
+    k, v = k[:, :, :24], v[:, :, :24]
+    assert ran(attention(q, k, v, torch.ones(1, 24, dtype=torch.bool))) == "fake-a"
+    assert ran(attention(q, k, v)) == "fake-unmasked"
+    # One measured key length, 24, covers [12, 48).
+    assert select_backend(q, k[:, :, :12], v[:, :, :12]).name == "fake-unmasked"
+    assert select_backend(q, k[:, :, :11], v[:, :, :11]).name == "sdpa"
+
+
+def test_the_choice_is_looked_up_once_per_shape(fake_gpu: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_table(fake_gpu, [attention_row("spatial", 64, {"fake-a": 1.0})])
+    lookups = []
+    real = dispatch_table.attention_ranking
+    monkeypatch.setattr(
+        dispatch_table, "attention_ranking", lambda *args: lookups.append(args) or real(*args)
+    )
+    q, k, v = qkv(64)
+    for _ in range(3):
+        assert ran(attention(q, k, v)) == "fake-a"
+    assert len(lookups) == 1
+    attention(*qkv(65))
+    assert len(lookups) == 2
+
+
+def test_forced_backends_and_graphs_bypass_the_table(fake_gpu: Path) -> None:
+    q, k, v = qkv(64, torch.float32)
+    write_table(fake_gpu, [attention_row("spatial", 64, {"fake-a": 1.0, "sdpa": 2.0}, dtype="fp32")])
+    want = F.scaled_dot_product_attention(q, k, v)
+    with forced_backend("sdpa"):
+        torch.testing.assert_close(attention(q, k, v), want)
+        assert ran(attention(q, k, v, backend="fake-unmasked")) == "fake-unmasked"
+    assert ran(attention(q, k, v)) == "fake-a"
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), want)  # while tracing: SDPA, which graphs understand
+
+
+# ------------------------------------------------------------------------------------- modulate-norm
+
+
+def fused_calls(monkeypatch: pytest.MonkeyPatch, run: Any) -> int:
+    calls = []
+    real = osp.kernels.modulate_norm
+    monkeypatch.setattr(osp.kernels, "modulate_norm", lambda *args: calls.append(1) or real(*args))
+    run()
+    monkeypatch.setattr(osp.kernels, "modulate_norm", real)
+    return len(calls)
+
+
+def test_norm_fuses_where_measured_faster(fake_gpu: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(norm_module, "_KERNELS", True)
+    write_table(fake_gpu, [], [{"dtype": "bf16", "channels": 16, "rows": 64,
+                                "forward_ms": {"osp": 1.0, "torch": 2.0},
+                                "training_ms": {"osp": 3.0, "torch": 2.0}}])  # fmt: skip
+    norm = nn.LayerNorm(16, elementwise_affine=False, eps=1e-6)
+
+    def inputs(rows: int, grad: bool = False) -> list[torch.Tensor]:
+        shapes = ((2, rows // 2, 16), (2, 1, 16), (2, 1, 16))
+        return [torch.randn(*s, dtype=torch.bfloat16, requires_grad=grad) for s in shapes]
+
+    x, shift, scale = inputs(64)
+    assert fused_calls(monkeypatch, lambda: modulated_norm(norm, x, shift, scale)) == 1
+    want = F.layer_norm(x, (16,), eps=1e-6) * (1 + scale) + shift
+    torch.testing.assert_close(modulated_norm(norm, x, shift, scale), want)
+    assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(100))) == 1  # in [32, 128)
+    assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(200))) == 0  # unmeasured
+    assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(64, grad=True))) == 0  # training
+    x32 = [t.float() for t in inputs(64)]
+    assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *x32)) == 0  # fp32 was not measured
+
+
+# ---------------------------------------------------------------------------------- the shipped table
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "length", "training", "fastest"),
+    [
+        (72, 1024, False, "sdpa-cudnn"),  # 328 TFLOP/s against osp's 100 and flash's 216
+        (72, 16384, True, "sdpa-cudnn"),
+        (72, 17, False, "osp"),  # 17 latent frames fall in L 16's range: osp 11.7 against flash 4.1
+        (72, 17, True, "osp"),
+        (72, 64, False, "sdpa-flash"),  # 51.6 against osp's 42.2
+        (64, 4096, False, "sdpa-cudnn"),  # 464 against osp's 346
+        (64, 1024, False, "osp"),  # cuDNN was not measured there: 309 against flash's 277
+    ],
+)
+def test_the_h200_table_ranks_as_its_baseline_measured(
+    head_dim: int, length: int, training: bool, fastest: str
+) -> None:
+    dispatch_table.reset()
+    ranking = dispatch_table.attention_ranking(
+        "NVIDIA H200", torch.bfloat16, head_dim, length, length, False, training
+    )
+    assert ranking[0] == fastest
+
+
+def test_the_h200_table_leaves_unmeasured_cases_to_the_defaults() -> None:
+    dispatch_table.reset()
+    rank = dispatch_table.attention_ranking
+    assert rank("NVIDIA H200", torch.float16, 72, 1024, 1024, False, False) == ()
+    assert rank("NVIDIA H200", torch.bfloat16, 72, 256, 256, False, False) == ()  # below the first range
+    assert rank("NVIDIA H200", torch.bfloat16, 72, 1024, 120, True, False) == ()  # cross: not measured
+    norm = dispatch_table.norm_ranking
+    assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, False) == ("osp", "torch")
+    assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, True) == ()  # training: not measured
+    assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 5 * 256, False) == ()
