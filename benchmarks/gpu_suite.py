@@ -8,7 +8,8 @@ in one leaves the others running):
 
 - ``tests``: the GPU-marked tests (``pytest -m gpu``); the log goes to ``DIR/pytest_gpu.txt``.
 - ``attention``: benchmarks/attention.py — every attention backend and the fused modulate-norm, forward and
-  forward+backward, and the dispatch table it derives (copied to ``DIR/dispatch_<gpu>.json``).
+  forward+backward (also copied to ``DIR/attention_<gpu>.json``: ``python benchmarks/attention.py
+  --from-results DIR/attention_<gpu>.json --write-dispatch`` turns it into osp's dispatch table).
 - ``forward``: benchmarks/gpu_forward.py — Latte-T2V-XL/2 against diffusers: eager, compiled, CUDA graphs,
   bf16 error against fp32, profiles.
 - ``train``: benchmarks/train.py — Latte-T2V-XL/2 training steps/s, peak memory and MFU per option.
@@ -50,8 +51,7 @@ def _tests(tmp: Path, smoke: bool) -> list[str]:
 
 
 def _attention(tmp: Path, smoke: bool) -> list[str] | None:
-    return None if smoke else [PY, str(HERE / "attention.py"), "--out", str(tmp), "--budget-s", "70",
-                                "--write-dispatch"]  # fmt: skip
+    return None if smoke else [PY, str(HERE / "attention.py"), "--out", str(tmp), "--budget-s", "70"]
 
 
 def _tune(tmp: Path, smoke: bool) -> list[str] | None:
@@ -198,9 +198,11 @@ def main(out: Path, parts: str, budget_s: float, smoke: bool) -> None:
                 part["result"] = json.loads(found[0].read_text())
             elif found:
                 part["result"] = {f.stem: json.loads(f.read_text()) for f in found}
-            for table in (ROOT / "osp" / "layers" / "dispatch").glob("*.json"):
-                if name == "attention" and table.stat().st_mtime > started - 1:
-                    shutil.copy(table, out / f"dispatch_{table.name}")
+            if (
+                name == "attention"
+            ):  # its own file too: `attention.py --from-results` builds the table from it
+                for table in tmp.glob("attention_*.json"):
+                    shutil.copy(table, out / table.name)
             print(f"   {part['status']} in {part['seconds']} s", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
         (out / "suite.json").write_text(json.dumps(results, indent=1))
