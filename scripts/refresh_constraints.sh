@@ -24,7 +24,8 @@ python3 -m venv "$scratch/venv"
 . "$scratch/venv/bin/activate"
 pip install --quiet --upgrade pip
 pip install --quiet "$torch_pin"
-pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev,train]"
+echo "$torch_pin" > "$scratch/torch.txt"  # everything else moves to its newest allowed version; torch stays
+pip install --quiet -c "$scratch/torch.txt" --upgrade --upgrade-strategy eager -e ".[dev,train]"
 pip freeze --exclude-editable > "$scratch/freeze.txt"
 echo "newest set: $(wc -l < "$scratch/freeze.txt") packages; running the test suite"
 if ! python -m pytest -q -p no:cacheprovider > "$log" 2>&1; then
