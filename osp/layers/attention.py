@@ -285,7 +285,8 @@ def _register_osp() -> None:
     def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> bool:
         if not (kernels_ok and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16, torch.float32)):
             return False
-        if q.dtype != k.dtype or q.dtype != v.dtype or q.shape[-1] > 256 or v.shape[-1] != q.shape[-1]:
+        widest = 128 if q.dtype == torch.float32 else 256  # as the kernels' own check (osp.kernels.attention)
+        if q.dtype != k.dtype or q.dtype != v.dtype or q.shape[-1] > widest or v.shape[-1] != q.shape[-1]:
             return False
         if mask is not None:
             key_padding = mask.dtype == torch.bool and (

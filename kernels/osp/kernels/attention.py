@@ -33,11 +33,13 @@ Tensor = torch.Tensor
 
 
 def _use_triton(q: Tensor) -> bool:
+    # fp32 tiles hold twice the bytes and, without TF32, do their dots in registers: beyond head dim 128
+    # no configuration compiles without spills (benchmarks/results/kernels_sm90.md), so the reference runs.
     return (
         _tri is not None
         and q.is_cuda
         and q.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and q.shape[-1] <= 256
+        and q.shape[-1] <= (128 if q.dtype == torch.float32 else 256)
     )
 
 
