@@ -132,6 +132,31 @@ def test_parity_with_release_restatement() -> None:
     torch.testing.assert_close(got.transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_more_heads_than_a_cuda_grid_holds_run_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporal blocks fold each token's frames into the heads (N*H = 64 here); past the limit of a
+    CUDA grid axis they run in chunks, with the release's outputs still."""
+    import osp.layers.dit_blocks
+
+    monkeypatch.setattr(osp.layers.dit_blocks, "MAX_GRID_HEADS", 7)
+    model = randomised()
+    x, t, y = inputs()
+    with torch.no_grad():
+        expected = reference_forward(model, x.transpose(1, 2), t, y)
+        torch.testing.assert_close(model(x, t, y).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exported_layout_gives_the_same_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exported graphs attend over frames with the tokens moved into the batch (a static head count)."""
+    import osp.layers.dit_blocks
+
+    monkeypatch.setattr(osp.layers.dit_blocks, "_exporting", lambda: True)
+    model = randomised()
+    x, t, y = inputs()
+    with torch.no_grad():
+        expected = reference_forward(model, x.transpose(1, 2), t, y)
+        torch.testing.assert_close(model(x, t, y).transpose(1, 2), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_state_dict_keys_are_the_release_names() -> None:
     top = ["pos_embed", "temp_embed", "x_embedder.proj.weight", "x_embedder.proj.bias",
            "t_embedder.mlp.0.weight", "t_embedder.mlp.0.bias", "t_embedder.mlp.2.weight", "t_embedder.mlp.2.bias",

@@ -67,6 +67,40 @@ def test_parity_without_temporal_blocks_is_not_claimed_but_single_frame_matches(
         torch.testing.assert_close(ours(x, t, context), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_more_heads_than_a_cuda_grid_holds_run_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Temporal attention folds each token's frames into the heads (N*H of them, 32 here); past the
+    limit of a CUDA grid axis they run in chunks, with diffusers' outputs still."""
+    import osp.layers.dit_blocks
+
+    monkeypatch.setattr(osp.layers.dit_blocks, "MAX_GRID_HEADS", 5)
+    reference = diffusers_tiny()
+    ours = LatteT2V.from_state_dict(TINY, reference.state_dict())
+    x, t, context = inputs()
+    with torch.no_grad():
+        expected = reference(x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+        torch.testing.assert_close(ours(x, t, context), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_exported_layout_gives_the_same_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exported graphs attend over frames with the tokens moved into the batch (a static head count):
+    diffusers' outputs still, and a padded clip's temporal key mask still keeps its padding out (the
+    clip alone is the reference there: diffusers' temporal positions only take video_length frames)."""
+    import osp.layers.dit_blocks
+
+    monkeypatch.setattr(osp.layers.dit_blocks, "_exporting", lambda: True)
+    reference = diffusers_tiny()
+    ours = LatteT2V.from_state_dict(TINY, reference.state_dict())
+    x, t, context = inputs()
+    small = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    padded = torch.cat([small, torch.zeros(1, 4, 1, 8, 8)], dim=2).expand(2, -1, -1, -1, -1)
+    with torch.no_grad():
+        expected = reference(x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+        torch.testing.assert_close(ours(x, t, context), expected, rtol=1e-5, atol=1e-5)
+        clip = ours(small, t[:1], context[:1])
+        out = ours(padded, t, context, latent_sizes=[[2, 8, 8], [3, 8, 8]])
+    torch.testing.assert_close(out[:1, :, :2], clip, rtol=1e-4, atol=1e-5)
+
+
 def test_state_dict_keys_are_diffusers_keys() -> None:
     assert set(tiny().state_dict()) == set(diffusers_tiny().state_dict())
 

@@ -139,15 +139,14 @@ class DiT(Pretrained):
         h, w = image.shape[-2] // p, image.shape[-1] // p
         grid = cfg.input_size // p
         # Other sizes than the training size get positions for their own grid (extrapolated).
-        pos = self.pos_embed if (h, w) == (grid, grid) else sincos_2d(cfg.hidden_size, h, w)[None]
+        pos = self.pos_embed if (h, w) == (grid, grid) else sincos_2d(cfg.hidden_size, h, w, like=image)[None]
 
         hidden = self.x_embedder(image) + pos.to(image)  # (B, N, D)
         cond = self.t_embedder(t) + self.y_embedder(class_labels)  # (B, D)
         for block in self.blocks:
             hidden = run_block(block, cfg.gradient_checkpointing, hidden, cond)  # (B, N, D)
         out = self.final_layer(hidden, cond)  # (B, N, p*p*C_head)
-        out = unpatchify(out, h, w, p, cfg.head_channels)  # (B, C_head, H, W)
-        out = out[:, : cfg.out_channels]  # SiT: drop the unused sigma half
+        out = unpatchify(out, h, w, p, cfg.out_channels)  # (B, C_out, H, W); SiT drops the sigma half
         return out[:, :, None] if video else out
 
 

@@ -7,9 +7,11 @@ frozen sin-cos ``pos_embed`` / ``temp_embed`` that it stores as parameters, so a
 loads with no key map.
 
 Layout differences from the release, none of which change the numbers: inputs and outputs are
-(B, C, T, H, W) (the release takes (B, T, C, H, W)); hidden states travel as (B, T, N, D) and the
-(B, D) conditioning broadcasts instead of being repeated per frame and per token; other latent sizes
-than the configured one get freshly computed sin-cos positions instead of failing.
+(B, C, T, H, W) (the release takes (B, T, C, H, W)); hidden states stay one contiguous (B, T, N, D)
+tensor, spatial blocks attending over N and temporal blocks over T without transposing it (the
+release reshapes to (B*N, T, D) and back around every temporal block), and the (B, D) conditioning
+broadcasts instead of being repeated per frame and per token; other latent sizes than the configured
+one get freshly computed sin-cos positions instead of failing.
 
 Layout: config -> model (embed, blocks, final layer, unpatchify) -> presets.
 """
@@ -34,8 +36,8 @@ from osp.layers.embeddings import (
     LabelEmbedder,
     PatchEmbed,
     TimestepEmbedder,
-    sincos_1d,
     sincos_2d,
+    sincos_frames,
     unpatchify,
 )
 
@@ -126,21 +128,24 @@ class Latte(Pretrained):
             self.temp_embed.copy_(self.temporal_positions(self.config.num_frames))
 
     # ---- positions ----
-    def spatial_positions(self, h: int, w: int) -> torch.Tensor:
-        """(1, h*w, D) sin-cos positions of an h x w token grid, row-major (release layout)."""
-        return sincos_2d(self.config.hidden_size, h, w)[None]
+    def spatial_positions(self, h: int, w: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, h*w, D) sin-cos positions of an h x w token grid, row-major (release layout); float32
+        on the CPU, or on ``like``'s device in its dtype."""
+        return sincos_2d(self.config.hidden_size, h, w, like=like)[None]
 
-    def temporal_positions(self, frames: int) -> torch.Tensor:
-        """(1, frames, D) sin-cos positions of the frames."""
-        return sincos_1d(self.config.hidden_size, torch.arange(frames)).float()[None]
+    def temporal_positions(self, frames: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, frames, D) sin-cos positions of the frames, placed as :meth:`spatial_positions`."""
+        return sincos_frames(self.config.hidden_size, frames, like=like)[None]
 
     def _positions(
         self, frames: int, h: int, w: int, like: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The stored tables for the training size; other sizes get positions for their own grid
         # (extrapolated, not interpolated: the release never saw them).
-        spatial = self.pos_embed if (h, w) == self.config.grid else self.spatial_positions(h, w)
-        temporal = self.temp_embed if frames == self.config.num_frames else self.temporal_positions(frames)
+        spatial = self.pos_embed if (h, w) == self.config.grid else self.spatial_positions(h, w, like)
+        temporal = (
+            self.temp_embed if frames == self.config.num_frames else self.temporal_positions(frames, like)
+        )
         return spatial.to(like), temporal.to(like)
 
     # ---- forward ----
@@ -181,31 +186,27 @@ class Latte(Pretrained):
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
         self._check(x, t, class_labels)
         cfg, p = self.config, self.config.patch_size
-        b, c, frames, height, width = x.shape
+        frames, height, width = x.shape[2:]
         h, w = height // p, width // p
         spatial_pos, temporal_pos = self._positions(frames, h, w, x)
 
         # 1. Patch tokens with spatial positions; one conditioning vector per sample.
-        tokens = self.x_embedder(x.transpose(1, 2).reshape(b * frames, c, height, width))  # (B*T, N, D)
-        hidden = (tokens + spatial_pos).reshape(b, frames, h * w, -1)  # (B, T, N, D)
+        hidden = self.x_embedder(x) + spatial_pos  # (B, T, N, D)
         cond = self.t_embedder(t)  # (B, D)
         if self.y_embedder is not None and class_labels is not None:
             cond = cond + self.y_embedder(class_labels)
 
-        # 2. Spatial block (attends over N), then temporal block (attends over T). Temporal positions are
-        #    added once, before the first temporal block, as in the release.
+        # 2. Spatial block (attends over N, axis 2), then temporal block (over T, axis 1). Temporal
+        #    positions are added once, before the first temporal block, as in the release.
         for i in range(0, cfg.depth, 2):
-            hidden = run_block(self.blocks[i], self.config.gradient_checkpointing, hidden, cond)
-            hidden = hidden.transpose(1, 2)  # (B, N, T, D)
+            hidden = run_block(self.blocks[i], cfg.gradient_checkpointing, hidden, cond, 2)
             if i == 0:
-                hidden = hidden + temporal_pos
-            hidden = run_block(self.blocks[i + 1], self.config.gradient_checkpointing, hidden, cond)
-            hidden = hidden.transpose(1, 2)  # (B, T, N, D)
+                hidden = hidden + temporal_pos[:, :, None]  # (1, T, 1, D)
+            hidden = run_block(self.blocks[i + 1], cfg.gradient_checkpointing, hidden, cond, 1)
 
         # 3. Final adaLN + projection, then patches back to latents.
         out = self.final_layer(hidden, cond)  # (B, T, N, p*p*C_out)
-        out = unpatchify(out.reshape(b * frames, h * w, -1), h, w, p, cfg.out_channels)  # (B*T, C_out, H, W)
-        return out.reshape(b, frames, cfg.out_channels, height, width).transpose(1, 2)  # (B, C_out, T, H, W)
+        return unpatchify(out, h, w, p, cfg.out_channels)  # (B, C_out, T, H, W)
 
 
 def _release(depth: int, hidden: int, heads: int, patch: int) -> LatteConfig:

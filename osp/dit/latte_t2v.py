@@ -4,9 +4,12 @@ Separate spatial and temporal block lists, PixArt-style adaLN-single (one timest
 per-block ``scale_shift_table``), caption projection and cross-attention in the spatial blocks.
 Parameter names are diffusers', so a diffusers / Open-Sora-Plan state dict loads unchanged.
 
-Hidden states travel as (B, T, N, D): batch, latent frames, tokens per frame, width. Spatial blocks
-attend over N, temporal blocks over T, and timestep / caption conditioning broadcasts over the other
-axis instead of being repeated per frame or per token.
+Hidden states are one contiguous (B, T, N, D) tensor: batch, latent frames, tokens per frame, width.
+Spatial blocks attend over N, temporal blocks over T of the same tensor (the frames of each token are
+folded into the heads as a view, :func:`osp.layers.dit_blocks.heads_view`), so nothing is transposed
+or copied between blocks (diffusers reshapes to (B*N, T, D) and back around every temporal block), and
+timestep / caption conditioning broadcasts over the other axis instead of being repeated per frame or
+per token.
 
 Roadmap options, each a config flag: 2D RoPE with position interpolation in spatial attention,
 PixArt-Sigma KV compression in spatial attention, dynamic masks (``latent_sizes``) for samples of
@@ -29,9 +32,8 @@ from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.convert import convert_latte_t2v
 from osp.io.weights import Pretrained, read_config_json
-from osp.layers.attention import attention
-from osp.layers.dit_blocks import run_block
-from osp.layers.embeddings import RoPE2D, TimestepEmbedding, sincos_1d, sincos_2d, unpatchify
+from osp.layers.dit_blocks import attention_heads_last, heads_view, run_block, static_heads
+from osp.layers.embeddings import RoPE2D, TimestepEmbedding, patch_embed, sincos_2d, sincos_frames, unpatchify
 from osp.layers.norm import modulated_norm
 
 
@@ -108,9 +110,6 @@ class Attention(nn.Module):
             self.kv_compress = nn.Conv2d(dim, dim, kv_compress, stride=kv_compress, groups=dim)
             self.kv_norm = nn.LayerNorm(dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        return x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # (B, L, H*d) -> (B, H, L, d)
-
     def compress(
         self, x: torch.Tensor, grid: tuple[int, int], valid: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -133,19 +132,37 @@ class Attention(nn.Module):
         key_valid: torch.Tensor | None = None,
         rope: torch.Tensor | None = None,
         grid: tuple[int, int] | None = None,
+        axis: int = -2,
     ) -> torch.Tensor:
-        """x (B, L, D); context (B, Lc, Dc) for cross-attention; key_valid (B, Lk) True = attend."""
-        source = x if context is None else context
-        if self.kv_stride > 1 and context is None and grid is not None:
-            source, key_valid = self.compress(x, grid, key_valid)
-        q, k, v = self._heads(self.to_q(x)), self._heads(self.to_k(source)), self._heads(self.to_v(source))
+        """Attention over ``x.shape[axis]`` of a contiguous x (B, ..., D); context (B, Lc, Dc) for
+        cross-attention (x then (B, L, D)); key_valid (B', Lk) True = attend, B' the batch axes folded."""
+        axis %= x.dim()
+        if static_heads(x, axis):  # the tokens after L join the batch: their key masks repeat
+            n = x.shape[axis + 1 : -1].numel()
+            valid = None if key_valid is None else key_valid[:, None].expand(-1, n, -1).flatten(0, 1)
+            return self(x.transpose(axis, -2), context, valid, rope, grid).transpose(axis, -2)
+        source, source_axis = x, axis
+        if context is not None:
+            source, source_axis = context, 1
+        elif self.kv_stride > 1 and grid is not None:
+            source, key_valid = self.compress(x.reshape(-1, *x.shape[axis:]), grid, key_valid)
+            source_axis = 1
+        rows, sources = x.reshape(-1, x.shape[-1]), source.reshape(-1, source.shape[-1])
+        fold, source_fold = (
+            heads_view(x.shape, axis, self.head_dim),
+            heads_view(source.shape, source_axis, self.head_dim),
+        )
+        q = self.to_q(rows).view(fold).transpose(1, 2)  # (B', H', L, d)
+        k = self.to_k(sources).view(source_fold).transpose(1, 2)
+        v = self.to_v(sources).view(source_fold).transpose(1, 2)
         if rope is not None:
             q = RoPE2D.rotate(q, rope)
             if k.shape[2] == q.shape[2]:  # compressed keys have no per-token position
                 k = RoPE2D.rotate(k, rope)
         mask = None if key_valid is None else _key_mask(key_valid)[:, None, None, :]
-        out = attention(q, k, v, mask)  # (B, H, L, d)
-        return self.to_out[1](self.to_out[0](out.transpose(1, 2).flatten(2)))
+        out = attention_heads_last(q, k, v, mask)  # (B', L, H', d)
+        out = self.to_out[1](self.to_out[0](out.reshape(rows.shape[0], -1)))
+        return out.view(*x.shape[:-1], -1)
 
 
 class Projection(nn.Module):
@@ -166,13 +183,13 @@ class FeedForward(nn.Module):
         self.net = nn.ModuleList([act, nn.Dropout(dropout), nn.Linear(4 * dim, dim)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = cast(Projection, self.net[0]).proj(x)
+        h = cast(Projection, self.net[0]).proj(x.reshape(-1, x.shape[-1]))  # rows: fewer views
         if self.gated:
             h, gate = h.chunk(2, dim=-1)
             h = h * F.gelu(gate)
         else:
             h = F.gelu(h, approximate="tanh")
-        return self.net[2](self.net[1](h))
+        return self.net[2](self.net[1](h)).view(x.shape)
 
 
 class LatteBlock(nn.Module):
@@ -210,27 +227,24 @@ class LatteBlock(nn.Module):
         key_valid: torch.Tensor | None,
         rope: torch.Tensor | None,
         grid: tuple[int, int] | None,
+        axis: int = -2,
     ) -> torch.Tensor:
-        """x (B, S, L, D): attention runs over L for each of the S rows; t_mod (B, 6, D); context
-        (B, Lc, D) shared by all rows, or (B, S, Lc, D) one per row."""
-        b, s, length, d = x.shape
+        """x (B, T, N, D) contiguous; self-attention over ``axis`` (2: spatial, 1: temporal); t_mod
+        (B, 6, D); context (B, Lc, D) shared by all frames, or (B, T, Lc, D) one per frame."""
         mod = (self.scale_shift_table[None] + t_mod)[:, :, None, None, :]  # (B, 6, 1, 1, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.unbind(1)
         h = modulated_norm(self.norm1, x, shift_msa, scale_msa)
-        h = self.attn1(h.reshape(b * s, length, d), None, key_valid, rope, grid).reshape(b, s, length, d)
-        x = x + gate_msa * h
+        x = torch.addcmul(x, gate_msa, self.attn1(h, None, key_valid, rope, grid, axis))
         if self.attn2 is not None and context is not None and context.dim() == 3:
-            # PixArt applies no norm before cross-attention. Every row of a sample attends to the same
-            # caption, so all S*L queries of a sample share one K/V computation.
-            h = self.attn2(x.reshape(b, s * length, d), context, context_valid)
-            x = x + h.reshape(b, s, length, d)
+            # PixArt applies no norm before cross-attention. Every frame of a sample attends to the
+            # same caption, so all T*N queries of a sample share one K/V computation.
+            x = x + self.attn2(x.flatten(1, 2), context, context_valid).reshape(x.shape)
         elif self.attn2 is not None and context is not None:
-            # One caption per row (joint image-video training): context (B, S, Lc, D).
+            # One caption per frame (joint image-video training): context (B, T, Lc, D).
             valid = None if context_valid is None else context_valid.flatten(0, 1)
-            h = self.attn2(x.reshape(b * s, length, d), context.flatten(0, 1), valid)
-            x = x + h.reshape(b, s, length, d)
+            x = x + self.attn2(x.flatten(0, 1), context.flatten(0, 1), valid).reshape(x.shape)
         h = modulated_norm(self.norm2, x, shift_mlp, scale_mlp)
-        return x + gate_mlp * self.ff(h)
+        return torch.addcmul(x, gate_mlp, self.ff(h))
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -283,30 +297,31 @@ class LatteT2V(Pretrained):
         self.rope = RoPE2D(config.attention_head_dim, (base, base)) if config.rope else None
 
     # ---- positions ----
-    def spatial_positions(self, h: int, w: int) -> torch.Tensor:
-        """(h*w, D) sin-cos positions of an h x w token grid, PixArt-normalised to the training grid."""
+    def spatial_positions(self, h: int, w: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """(h*w, D) sin-cos positions of an h x w token grid, PixArt-normalised to the training grid;
+        float32 on the CPU, or on ``like``'s device in its dtype."""
         cfg = self.config
         scale = cfg.interpolation_scale or max(cfg.sample_size // 64, 1)
-        return sincos_2d(
-            cfg.inner_dim, h, w, base_size=cfg.sample_size // cfg.patch_size, interpolation_scale=scale
+        base = cfg.sample_size // cfg.patch_size
+        return sincos_2d(cfg.inner_dim, h, w, base_size=base, interpolation_scale=scale, like=like)
+
+    def temporal_positions(self, frames: int, like: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, D) sin-cos positions of the frames, placed as :meth:`spatial_positions`."""
+        return sincos_frames(
+            self.config.inner_dim, frames, self.config.temporal_interpolation_scale, like=like
         )
 
-    def temporal_positions(self, frames: int) -> torch.Tensor:
-        positions = torch.arange(frames, dtype=torch.float64) / self.config.temporal_interpolation_scale
-        return sincos_1d(self.config.inner_dim, positions).float()  # (T, D)
-
     def _embed(self, x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
-        b, c, t, hh, ww = x.shape
+        b, _, _, hh, ww = x.shape
         p = self.config.patch_size
         h, w = hh // p, ww // p
-        tokens = self.pos_embed.proj(x.transpose(1, 2).reshape(b * t, c, hh, ww))  # (B*T, D, h, w)
-        tokens = tokens.flatten(2).transpose(1, 2).reshape(b, t, h * w, -1)  # (B, T, N, D)
+        tokens = patch_embed(cast(nn.Conv2d, self.pos_embed.proj), x)  # (B, T, N, D)
         if sizes is None:
-            return tokens + self.spatial_positions(h, w).to(tokens)
+            return tokens + self.spatial_positions(h, w, tokens)
         # Each sample's positions follow its own grid, so padding a sample does not move its tokens.
         pos = torch.zeros(b, 1, h, w, tokens.shape[-1], dtype=tokens.dtype, device=tokens.device)
         for i, (hi, wi) in enumerate((sizes[:, 1:] // p).tolist()):
-            pos[i, 0, :hi, :wi] = self.spatial_positions(hi, wi).to(tokens).reshape(hi, wi, -1)
+            pos[i, 0, :hi, :wi] = self.spatial_positions(hi, wi, tokens).reshape(hi, wi, -1)
         return tokens + pos.flatten(2, 3)
 
     # ---- forward ----
@@ -387,11 +402,11 @@ class LatteT2V(Pretrained):
         context = self.caption_projection(encoder_hidden_states)  # (B, [1+n,] L, D)
         context_valid = None if encoder_attention_mask is None else encoder_attention_mask.bool()
         if num_images:
-            # Per-frame captions: the video's for its frames, each image's own for the images.
-            rows = torch.cat([torch.zeros(frames, dtype=torch.long), torch.arange(1, 1 + num_images)])
-            context = context[:, rows.to(x.device)]  # (B, T, L, D)
+            # Per-frame captions: the video's (row 0) for its frames, each image's own (1..n) for the images.
+            rows = (torch.arange(total, device=x.device) - (frames - 1)).clamp(min=0)
+            context = context[:, rows]  # (B, T, L, D)
             if context_valid is not None:
-                context_valid = context_valid[:, rows.to(x.device)]  # (B, T, L)
+                context_valid = context_valid[:, rows]  # (B, T, L)
         token_valid = spatial_valid = temporal_valid = None
         if sizes is not None:
             frame_ok = torch.arange(frames, device=x.device)[None] < sizes[:, :1]  # (B, T_video)
@@ -402,36 +417,25 @@ class LatteT2V(Pretrained):
             token_valid = (frame_ok[:, :, None] & grid_ok[:, None, :])[..., None].to(
                 hidden.dtype
             )  # (B, T, N, 1)
-            spatial_valid = grid_ok[:, None].expand(b, total, -1).reshape(b * total, -1)
-            temporal_valid = frame_ok[:, None, :frames].expand(b, h * w, -1).reshape(b * h * w, -1)
+            spatial_valid = grid_ok[:, None].expand(b, total, -1).reshape(b * total, -1)  # (B*T, N)
+            temporal_valid = frame_ok[:, :frames]  # (B, T_video): the keys of every token's frames
             hidden = hidden * token_valid
         rope = None if self.rope is None else self.rope.angles(h, w, x.device)
-        temporal_pos = self.temporal_positions(frames).to(hidden)[:, None]  # (T_video, 1, D)
+        temporal_pos = self.temporal_positions(frames, hidden)[:, None]  # (T_video, 1, D)
 
-        # 2. Spatial block (over N) then temporal block (over T), num_layers times.
+        # 2. Spatial block (over N, axis 2) then temporal block (over T, axis 1), num_layers times.
+        ckpt = cfg.gradient_checkpointing
         for i, (spatial, temporal) in enumerate(
             zip(self.transformer_blocks, self.temporal_transformer_blocks, strict=True)
         ):
             hidden = run_block(
-                spatial,
-                cfg.gradient_checkpointing,
-                hidden,
-                t_mod,
-                context,
-                context_valid,
-                spatial_valid,
-                rope,
-                (h, w),
+                spatial, ckpt, hidden, t_mod, context, context_valid, spatial_valid, rope, (h, w), 2
             )
-            hidden = hidden.transpose(1, 2)  # (B, N, T, D)
-            video, images = hidden[:, :, :frames], hidden[:, :, frames:]
+            video = hidden[:, :frames] if num_images else hidden  # images never attend over time
             if i == 0 and frames > 1:
-                video = video + temporal_pos.transpose(0, 1)
-            video = run_block(
-                temporal, cfg.gradient_checkpointing, video, t_mod, None, None, temporal_valid, None, None
-            )
-            hidden = torch.cat([video, images], dim=2) if num_images else video
-            hidden = hidden.transpose(1, 2)  # (B, T, N, D)
+                video = video + temporal_pos
+            video = run_block(temporal, ckpt, video, t_mod, None, None, temporal_valid, None, None, 1)
+            hidden = torch.cat([video, hidden[:, frames:]], dim=1) if num_images else video
             if token_valid is not None:
                 hidden = hidden * token_valid  # padding stays exactly zero (and finite)
 
@@ -441,8 +445,7 @@ class LatteT2V(Pretrained):
         out = self.proj_out(hidden)  # (B, T, N, p*p*C)
         if token_valid is not None:
             out = out * token_valid
-        out = unpatchify(out.reshape(b * total, h * w, -1), h, w, p, self.out_channels)  # (B*T, C, H, W)
-        return out.reshape(b, total, self.out_channels, hh, ww).transpose(1, 2)  # (B, C, T, H, W)
+        return unpatchify(out, h, w, p, self.out_channels)  # (B, C, T, H, W)
 
 
 def load_latte_t2v(

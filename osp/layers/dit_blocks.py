@@ -2,19 +2,22 @@
 
 Names follow the facebookresearch/DiT and Vchitect/Latte releases (``attn.qkv``, ``attn.proj``,
 ``mlp.fc1``, ``mlp.fc2``, ``adaLN_modulation.1``, ``final_layer.linear``), so their checkpoints load
-without a key map. Blocks take hidden states of shape (B, ..., L, D): attention runs over L, every
-leading axis after the batch is folded into the batch, and the (B, D) conditioning broadcasts over
-them. Latte thus runs its spatial blocks on (B, T, N, D) and its temporal blocks on (B, N, T, D)
-without repeating the conditioning per frame or per token as the release does.
+without a key map. Blocks take contiguous hidden states (B, ..., D) and attend over one token axis
+(``axis``): the axes before it fold into the batch, those after it into the heads, all as views
+(:func:`heads_view`). Latte thus runs its spatial blocks (over N) and its temporal blocks (over T) on
+the same (B, T, N, D) tensor, never transposing it, and the (B, D) conditioning broadcasts instead of
+being repeated per frame or per token as the release does.
 
 adaLN's ``norm(x) * (1 + scale) + shift`` goes through :func:`osp.layers.norm.modulated_norm` (the
 fused kernel on CUDA). ``1 + scale``, not ``scale``, so a zero-initialised modulation is the identity.
+Gated residuals ``x + gate * h`` are one ``addcmul``: one kernel, one rounding.
 
-Layout: timestep embedder variant -> attention -> MLP -> block -> final layer -> init.
+Layout: head folding -> attention -> MLP -> block -> final layer -> init.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +43,58 @@ def _linear(seq: nn.Module, index: int) -> nn.Linear:
     return layer
 
 
+def heads_view(shape: Sequence[int], axis: int, head_dim: int) -> tuple[int, ...]:
+    """The view (B', L, H', d) of a (B, ..., L, ..., H*d) projection, flattened to rows, whose
+    ``transpose(1, 2)`` is the (B', H', L, d) operand of attention over L (at ``axis`` of ``shape``).
+
+    Axes before L fold into the batch B', axes after it into the heads H': each (b, n, h) of a
+    (B, T, N, H*d) projection is one temporal attention problem. All of it is a view of the contiguous
+    rows a linear layer writes: (B, T, N, H*d) gives (B, N*H, T, d) with strides (T*N*H*d, d, N*H*d,
+    1), which attention kernels take as they are.
+    """
+    batch = 1
+    for size in shape[:axis]:
+        batch = batch * size
+    return (batch, shape[axis], -1, head_dim)
+
+
+# Older torch (2.5) has no is_exporting: its compiled graphs then take the exported layout too.
+_exporting: Callable[[], bool] = getattr(torch.compiler, "is_exporting", torch.compiler.is_compiling)
+
+
+def static_heads(x: torch.Tensor, axis: int) -> bool:
+    """Whether attention over ``axis`` of x moves the tokens after it into the batch (a transpose)
+    instead of folding them into the heads. Exported graphs do: ONNX Runtime's MultiHeadAttention and
+    TensorRT plugins take the head count as a constant, which folded heads would tie to the token grid.
+    """
+    return axis != x.dim() - 2 and _exporting()
+
+
+# CUDA attention kernels put the heads on one grid axis, which holds at most 65535 blocks
+# (pytorch/pytorch#142228). The temporal fold makes N*H heads: 65536 at a 64x64 token grid and 16 heads.
+MAX_GRID_HEADS = 65535
+
+
+def attention_heads_last(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """:func:`osp.layers.attention` of (B', H', L, d) operands, returned as (B', L, H', d): the
+    layout in which merging the heads back is a view when the kernel wrote (B', L, H', d) rows.
+
+    More heads than a CUDA grid axis holds run in chunks (one copy, to join them). Compiled and
+    exported graphs skip the check, which would otherwise become a guard on the token grid's size.
+    """
+    heads = q.shape[1]
+    if torch.compiler.is_compiling() or heads <= MAX_GRID_HEADS:
+        return attention(q, k, v, mask).transpose(1, 2)
+    step = MAX_GRID_HEADS
+    parts = [
+        attention(q[:, i : i + step], k[:, i : i + step], v[:, i : i + step], mask).transpose(1, 2)
+        for i in range(0, heads, step)
+    ]
+    return torch.cat(parts, dim=2)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (timm layout, as DiT / Latte store it)."""
 
@@ -51,12 +106,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, dim // self.num_heads)  # (N, L, 3, H, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (N, H, L, d)
-        out = attention(q, k, v)  # (N, H, L, d)
-        return self.proj(out.transpose(1, 2).reshape(n, length, dim))  # (N, L, D)
+    def forward(self, x: torch.Tensor, axis: int = -2) -> torch.Tensor:
+        """x (B, ..., D) contiguous -> same shape; attention over ``x.shape[axis]``."""
+        axis %= x.dim()
+        if static_heads(x, axis):
+            return self(x.transpose(axis, -2)).transpose(axis, -2)
+        rows, fold = x.reshape(-1, x.shape[-1]), heads_view(x.shape, axis, x.shape[-1] // self.num_heads)
+        if axis == x.dim() - 2:
+            # (B', 3H, L, d) in the fused (3, H, d) order: q, k and v are its thirds along the heads.
+            q, k, v = self.qkv(rows).view(fold).transpose(1, 2).chunk(3, dim=1)
+        else:
+            # Tokens after L must fold into the heads, which the fused (3, H, d) interleave forbids
+            # without a copy: q, k and v come from the fused weight's row blocks (views) instead.
+            biases = (None,) * 3 if self.qkv.bias is None else self.qkv.bias.chunk(3)
+            q, k, v = (
+                F.linear(rows, w, b).view(fold).transpose(1, 2)
+                for w, b in zip(self.qkv.weight.chunk(3), biases, strict=True)
+            )
+        out = attention_heads_last(q, k, v)  # (B', L, H', d)
+        return self.proj(out.reshape(rows.shape)).view(x.shape)
 
 
 class Mlp(nn.Module):
@@ -68,7 +136,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        rows = x.reshape(-1, x.shape[-1])  # a linear layer on N-D input adds two views per call
+        return self.fc2(F.gelu(self.fc1(rows), approximate="tanh")).view(x.shape)
 
 
 class TransformerBlock(nn.Module):
@@ -86,15 +155,12 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x (B, ..., L, D), c (B, D) -> (B, ..., L, D); attention over L only."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, axis: int = -2) -> torch.Tensor:
+        """x (B, ..., D) contiguous, c (B, D) -> x's shape; attention over ``x.shape[axis]`` only."""
         mods = _broadcastable(self.adaLN_modulation(c), x)  # (B, 1, ..., 1, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods.chunk(6, dim=-1)
-        length, dim = x.shape[-2:]
-        h = modulated_norm(self.norm1, x, shift_msa, scale_msa)
-        h = self.attn(h.reshape(-1, length, dim)).reshape(x.shape)  # (B*..., L, D) -> (B, ..., L, D)
-        x = x + gate_msa * h
-        return x + gate_mlp * self.mlp(modulated_norm(self.norm2, x, shift_mlp, scale_mlp))
+        x = torch.addcmul(x, gate_msa, self.attn(modulated_norm(self.norm1, x, shift_msa, scale_msa), axis))
+        return torch.addcmul(x, gate_mlp, self.mlp(modulated_norm(self.norm2, x, shift_mlp, scale_mlp)))
 
 
 class FinalLayer(nn.Module):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,30 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels)
 
 
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Latents (B, C, H, W) -> (B, h*w, C*p*p) patches, or (B, C, T, H, W) -> (B, T, h*w, C*p*p).
+
+    One copy of the (small) latents; each patch is flattened in (c, row, col) order, the order of a
+    Conv2d weight's (C, p, p) axes, so ``patches @ conv.weight.flatten(1).T`` is the patch conv.
+    """
+    if x.dim() == 5:
+        x = x.transpose(1, 2)  # (B, T, C, H, W)
+    *lead, c, height, width = x.shape
+    h, w = height // p, width // p
+    x = x.unflatten(-1, (w, p)).unflatten(-3, (h, p))  # (..., C, h, p, w, p)
+    n = len(lead)
+    x = x.permute(*range(n), n + 1, n + 3, n, n + 2, n + 4)  # (..., h, w, C, p, p)
+    return x.reshape(*lead, h * w, c * p * p)
+
+
 class PatchEmbed(nn.Module):
-    """Non-overlapping p x p patches of (N, C, H, W) latents -> (N, H/p * W/p, D) tokens."""
+    """Non-overlapping p x p patches -> tokens: (B, C, H, W) -> (B, h*w, D), (B, C, T, H, W) ->
+    (B, T, h*w, D).
+
+    ``proj`` is the Conv2d the checkpoints store; it runs as one matrix product over the patches,
+    which leaves the tokens contiguous in (B, [T,] N, D) order. The conv would return (B*T, D, h, w),
+    whose token view every following op (layer norm first) would have to copy.
+    """
 
     def __init__(self, patch_size: int, in_channels: int, hidden_size: int) -> None:
         super().__init__()
@@ -91,25 +114,43 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, h*w, D)
+        return patch_embed(self.proj, x)
+
+
+def patch_embed(proj: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``proj`` (a stride = kernel Conv2d) applied to the patches of x, see :class:`PatchEmbed`."""
+    return F.linear(patchify(x, proj.stride[0]), proj.weight.flatten(1), proj.bias)
 
 
 def unpatchify(x: torch.Tensor, h: int, w: int, p: int, channels: int) -> torch.Tensor:
-    """(N, h*w, p*p*C) tokens -> (N, C, h*p, w*p), the inverse of :class:`PatchEmbed`'s layout."""
-    x = x.reshape(x.shape[0], h, w, p, p, channels)
-    x = torch.einsum("nhwpqc->nchpwq", x)
-    return x.reshape(x.shape[0], channels, h * p, w * p)
+    """(B, h*w, p*p*C) tokens -> (B, C, h*p, w*p), or (B, T, h*w, p*p*C) -> (B, C, T, h*p, w*p): the
+    inverse of :func:`patchify`'s layout, in one copy, contiguous. Only the first ``channels`` of the
+    C per pixel the tokens hold are kept (SiT drops its sigma half this way without a second copy)."""
+    *lead, _, values = x.shape
+    x = x.reshape(*lead, h, w, p, p, values // (p * p))[..., :channels]  # (B, [T,] h, w, p, p, C)
+    n = len(lead)
+    # (B, C, [T,] h, p, w, p): channels go right after the batch axis, the patch rows next to the grid rows.
+    x = x.permute(0, n + 4, *range(1, n), n, n + 2, n + 1, n + 3)
+    return x.reshape(x.shape[0], channels, *lead[1:], h * p, w * p)
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
     """(M,) positions -> (M, dim) [sin | cos] embedding (MAE / DiT), computed in float64."""
-    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2.0))
+    omega = 1.0 / 10000 ** (
+        torch.arange(dim // 2, dtype=torch.float64, device=positions.device) / (dim / 2.0)
+    )
     out = positions.reshape(-1).double()[:, None] * omega[None]  # (M, dim/2)
     return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
 
 def sincos_2d(
-    dim: int, height: int, width: int, base_size: int | None = None, interpolation_scale: float = 1.0
+    dim: int,
+    height: int,
+    width: int,
+    base_size: int | None = None,
+    interpolation_scale: float = 1.0,
+    *,
+    like: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(height*width, dim) 2D sin-cos positions in row-major order; the first half encodes the column.
 
@@ -117,20 +158,56 @@ def sincos_2d(
     None they are plain indices (DiT / Latte). A grid larger than the training grid thus maps onto the
     trained position range (positional interpolation).
 
-    Tables are cached (a transformer asks for the same grid at every sampling step): the returned
-    tensor is shared, so callers must not modify it in place. Under torch.compile the table is built
-    uncached: the compiled graph computes it once as a constant, and Dynamo would otherwise warn that it
-    sees through the cache wrapper.
+    Float32 on the CPU, or in ``like``'s dtype on its device: a forward passes its activations, so the
+    table is built where it is used, never on the host and copied over. See :func:`_table` for caching.
     """
-    table = _sincos_2d if torch.compiler.is_compiling() else _sincos_2d_cached
-    return table(dim, height, width, base_size, interpolation_scale)
+    return _table(_sincos_2d, (dim, height, width, base_size, interpolation_scale), like)
+
+
+def sincos_frames(
+    dim: int, frames: int, interpolation_scale: float = 1.0, *, like: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(frames, dim) 1D sin-cos positions of frames ``0 .. frames-1``, divided by ``interpolation_scale``;
+    float32 on the CPU or like ``like``, cached as :func:`sincos_2d`."""
+    return _table(_sincos_frames, (dim, frames, interpolation_scale), like)
+
+
+def _table(
+    build: Callable[..., torch.Tensor], args: tuple[Any, ...], like: torch.Tensor | None
+) -> torch.Tensor:
+    """``build(*args, device)`` (float32) in like's dtype, cached per (args, device, dtype).
+
+    A transformer asks for the same table at every sampling step, so eager calls are served from a
+    cache: the returned tensor is shared and must not be modified in place. Under torch.compile the
+    table is built uncached: the compiled graph computes it once as a constant, and Dynamo would
+    otherwise warn that it sees through the cache wrapper.
+    """
+    device = torch.device("cpu") if like is None else like.device
+    dtype = torch.float32 if like is None else like.dtype
+    if torch.compiler.is_compiling():
+        return build(*args, device).to(dtype)
+    return _cached_table(build, args, device, dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_table(
+    build: Callable[..., torch.Tensor], args: tuple[Any, ...], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    # A table first asked for under inference_mode must still serve later training forwards.
+    with torch.inference_mode(False):
+        return build(*args, device).to(dtype)
 
 
 def _sincos_2d(
-    dim: int, height: int, width: int, base_size: int | None, interpolation_scale: float
+    dim: int,
+    height: int,
+    width: int,
+    base_size: int | None,
+    interpolation_scale: float,
+    device: torch.device,
 ) -> torch.Tensor:
-    rows = torch.arange(height, dtype=torch.float64)
-    cols = torch.arange(width, dtype=torch.float64)
+    rows = torch.arange(height, dtype=torch.float64, device=device)
+    cols = torch.arange(width, dtype=torch.float64, device=device)
     if base_size is not None:
         rows, cols = rows / (height / base_size), cols / (width / base_size)
     rows, cols = rows / interpolation_scale, cols / interpolation_scale
@@ -138,7 +215,9 @@ def _sincos_2d(
     return torch.cat([sincos_1d(dim // 2, grid_c), sincos_1d(dim // 2, grid_r)], dim=1).float()
 
 
-_sincos_2d_cached = functools.lru_cache(maxsize=16)(_sincos_2d)
+def _sincos_frames(dim: int, frames: int, interpolation_scale: float, device: torch.device) -> torch.Tensor:
+    positions = torch.arange(frames, dtype=torch.float64, device=device) / interpolation_scale
+    return sincos_1d(dim, positions).float()
 
 
 class RoPE2D(nn.Module):
