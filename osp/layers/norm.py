@@ -76,4 +76,5 @@ def modulated_norm(
         from osp.kernels import modulate_norm
 
         return modulate_norm(x, shift, scale, norm.eps)
-    return norm(x) * (1 + scale) + shift
+    # one pass over the activations (shift + norm(x) * (1 + scale)) where `* (1 + scale) + shift` takes two
+    return torch.addcmul(shift, norm(x), 1 + scale)

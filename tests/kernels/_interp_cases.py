@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from osp.kernels import triton_attention, triton_modulate_norm
 
-# name: (batch, heads, Lq, Lk, head dim, mask kind)
+# name: (batch, heads, Lq, Lk, head dim, mask kind[, memory layout])
 ATTENTION_CASES = {
     "spatial-d64": (1, 2, 128, 128, 64, None),
     "spatial-d72-mask": (1, 2, 96, 96, 72, "random"),
@@ -29,6 +29,8 @@ ATTENTION_CASES = {
     "spatial-d72": (1, 2, 64, 64, 72, None),
     "cross-33x64-d80-mask": (2, 1, 33, 64, 80, "random"),
     "temporal-9-d96": (3, 2, 9, 9, 96, None),
+    # inputs and output gradient strided as (B, L, H, D) memory, the layout the models pass
+    "strided-d72-mask": (2, 3, 40, 40, 72, "random", "blhd"),
 }
 # name: (x shape, shift/scale shape, x transposed): a transposed x is a strided view (dims 1 and 2 swapped),
 # as a block's (B, N, T, C) activations are; widths split into two power-of-two parts (72 = 64 + 8,
@@ -66,10 +68,19 @@ def max_err(a, b):
     return (a - b).abs().max().item() / max(1.0, b.abs().max().item())
 
 
-def attention_case(batch, heads, lq, lk, d, kind, gen):
-    q, k, v = (torch.randn(batch, heads, n, d, generator=gen, requires_grad=True) for n in (lq, lk, lk))
+def blhd(batch, heads, n, d, gen):
+    """A (B, H, L, D) view of (B, L, H, D) memory, as the models' projections hand attention its inputs."""
+    return torch.randn(batch, n, heads, d, generator=gen).transpose(1, 2)
+
+
+def attention_case(batch, heads, lq, lk, d, kind, gen, layout="bhld"):
+    if layout == "blhd":
+        q, k, v = (blhd(batch, heads, n, d, gen).requires_grad_() for n in (lq, lk, lk))
+        grad = blhd(batch, heads, lq, d, gen)
+    else:
+        q, k, v = (torch.randn(batch, heads, n, d, generator=gen, requires_grad=True) for n in (lq, lk, lk))
+        grad = torch.randn(batch, heads, lq, d, generator=gen)
     mask = make_mask(kind, batch, lk, gen)
-    grad = torch.randn(batch, heads, lq, d, generator=gen)
     out = triton_attention(q, k, v, mask)
     got = [out, *torch.autograd.grad(out, (q, k, v), grad)]
     ref = reference_attention(q, k, v, mask, d**-0.5)
@@ -110,7 +121,10 @@ def modnorm_case(x_shape, mod_shape, transposed, gen):
 
 def main():
     gen = torch.Generator().manual_seed(0)
-    results = {f"attention/{name}": attention_case(*case, gen) for name, case in ATTENTION_CASES.items()}
+    results = {
+        f"attention/{name}": attention_case(*case[:6], gen, *case[6:])
+        for name, case in ATTENTION_CASES.items()
+    }
     results["attention/fully-masked"] = fully_masked_case(gen)
     results |= {f"modulate_norm/{name}": modnorm_case(*case, gen) for name, case in MODNORM_CASES.items()}
     json.dump(results, sys.stdout)

@@ -189,36 +189,42 @@ def _attn_fwd_trt_masked(
 
 
 @triton.jit
-def _bwd_delta(Out, dO, Delta, Lq, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    # Out and dO are contiguous (B*H, Lq, HEAD_DIM); delta_i = sum_d dO_id * O_id.
+def _bwd_delta(
+    Out, dO, Delta, sob, soh, som, sdb, sdh, sdm, H, Lq,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, ALIGN: tl.constexpr,
+):  # fmt: skip
+    # delta_i = sum_d dO_id * O_id; Out and dO keep their strides (divided by ALIGN).
     bh = tl.program_id(0).to(tl.int64)
+    b = bh // H
+    h = bh % H
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < Lq)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    ptrs = bh * Lq * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :]
-    o = tl.load(Out + ptrs, mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(dO + ptrs, mask=mask, other=0.0).to(tl.float32)
+    o_ptrs = Out + b * (sob * ALIGN) + h * (soh * ALIGN) + offs_m[:, None] * (som * ALIGN) + offs_d[None, :]
+    do_ptrs = dO + b * (sdb * ALIGN) + h * (sdh * ALIGN) + offs_m[:, None] * (sdm * ALIGN) + offs_d[None, :]
+    o = tl.load(o_ptrs, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptrs, mask=mask, other=0.0).to(tl.float32)
     tl.store(Delta + bh * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
 
 
 @triton.jit
 def _bwd_dkdv(
     Q, K, V, Mask, dO, Lse, Delta, dK, dV, sm_scale,
-    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb,
+    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, smb,
     H, Lq, Lk,
     HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    # dO, dK, dV, Lse and Delta are contiguous; q/k/v keep their strides (divided by ALIGN).
+    # dK, dV, Lse and Delta are contiguous; q/k/v/dO keep their strides (divided by ALIGN).
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
     q_base = Q + b * (sqb * ALIGN) + h * (sqh * ALIGN)
     k_base = K + b * (skb * ALIGN) + h * (skh * ALIGN)
     v_base = V + b * (svb * ALIGN) + h * (svh * ALIGN)
-    do_base = dO + bh * Lq * HEAD_DIM
-    sqm, skn, svn = sqm * ALIGN, skn * ALIGN, svn * ALIGN
+    do_base = dO + b * (sdb * ALIGN) + h * (sdh * ALIGN)
+    sqm, skn, svn, sdm = sqm * ALIGN, skn * ALIGN, svn * ALIGN, sdm * ALIGN
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_in = offs_n < Lk
     offs_d0 = tl.arange(0, D0)
@@ -239,7 +245,7 @@ def _bwd_dkdv(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         m_ok = offs_m < Lq
         q0 = _load(q_base, offs_m, sqm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
-        do0 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+        do0 = _load(do_base, offs_m, sdm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
         # Rows past Lq get lse = +inf, hence p = 0: they add nothing. Padded keys (past Lk) give rows
         # of dK / dV that are never stored.
         lse = tl.load(Lse + bh * Lq + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
@@ -247,7 +253,7 @@ def _bwd_dkdv(
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # (BLOCK_M, BLOCK_N)
         if D1 > 0:
             q1 = _load(q_base, offs_m, sqm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
-            do1 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+            do1 = _load(do_base, offs_m, sdm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
             s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
         p = tl.exp2(s * qk_scale - lse[:, None])
         if HAS_MASK:
@@ -276,7 +282,7 @@ def _bwd_dkdv(
 @triton.jit
 def _bwd_dq(
     Q, K, V, Mask, dO, Lse, Delta, dQ, sm_scale,
-    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smb,
+    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdb, sdh, sdm, smb,
     H, Lq, Lk,
     HEAD_DIM: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_MASK: tl.constexpr, EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, ALIGN: tl.constexpr,
@@ -288,18 +294,18 @@ def _bwd_dq(
     q_base = Q + b * (sqb * ALIGN) + h * (sqh * ALIGN)
     k_base = K + b * (skb * ALIGN) + h * (skh * ALIGN)
     v_base = V + b * (svb * ALIGN) + h * (svh * ALIGN)
-    do_base = dO + bh * Lq * HEAD_DIM
-    sqm, skn, svn = sqm * ALIGN, skn * ALIGN, svn * ALIGN
+    do_base = dO + b * (sdb * ALIGN) + h * (sdh * ALIGN)
+    sqm, skn, svn, sdm = sqm * ALIGN, skn * ALIGN, svn * ALIGN, sdm * ALIGN
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < Lq
     offs_d0 = tl.arange(0, D0)
     q0 = _load(q_base, offs_m, sqm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
-    do0 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
+    do0 = _load(do_base, offs_m, sdm, m_ok, offs_d0, HEAD_DIM, not EVEN_M, D0 > HEAD_DIM)
     dq0 = tl.zeros([BLOCK_M, D0], tl.float32)
     if D1 > 0:
         offs_d1 = D0 + tl.arange(0, D1)
         q1 = _load(q_base, offs_m, sqm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
-        do1 = _load(do_base, offs_m, HEAD_DIM, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
+        do1 = _load(do_base, offs_m, sdm, m_ok, offs_d1, HEAD_DIM, not EVEN_M, D0 + D1 > HEAD_DIM)
         dq1 = tl.zeros([BLOCK_M, D1], tl.float32)
     lse = tl.load(Lse + bh * Lq + offs_m, mask=m_ok, other=float("inf")) * 1.4426950408889634
     delta = tl.load(Delta + bh * Lq + offs_m, mask=m_ok, other=0.0)
@@ -461,8 +467,9 @@ def attention_fwd(
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
-    if out is None:
-        out = torch.empty(batch, heads, lq, d, dtype=q.dtype, device=q.device)
+    if out is None:  # (B, H, L, D) as a view of (B, L, H, D) memory, as SDPA's kernels return it:
+        # merging the heads back into (B, L, H·D) is then a view, not a copy
+        out = torch.empty(batch, lq, heads, d, dtype=q.dtype, device=q.device).transpose(1, 2)
     lse = torch.empty(batch, heads, lq, dtype=torch.float32, device=q.device)
     m, smb = _mask_arg(q, mask)
     cfg = config or fwd_config(lq, lk, d, q.dtype)
@@ -488,23 +495,25 @@ def attention_bwd(
     scale: float,
     config: tuple[dict[str, int], dict[str, int]] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton backward from the forward's output and log-sum-exp: (dq, dk, dv), contiguous.
+    """Triton backward from the forward's output and log-sum-exp: (dq, dk, dv), contiguous; every input
+    may be strided (last dim contiguous).
 
     ``config`` overrides :func:`bwd_config`: (dK/dV kernel's, dQ kernel's) tiles, warps and stages.
     """
-    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    grad_out, out, lse = grad_out.contiguous(), out.contiguous(), lse.contiguous()
+    q, k, v, grad_out, out = (_last_dim_contiguous(t) for t in (q, k, v, grad_out, out))
+    lse = lse.contiguous()
     batch, heads, lq, d = q.shape
     lk = k.shape[2]
     kv_cfg, q_cfg = config or bwd_config(lq, lk, d, q.dtype)
+    align = 1 if interpreting() else _align(q, k, v, grad_out, out)
     delta = torch.empty_like(lse)
     _bwd_delta[(batch * heads, triton.cdiv(lq, q_cfg["BLOCK_M"]))](
-        out, grad_out, delta, lq, HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK_M=q_cfg["BLOCK_M"]
-    )
+        out, grad_out, delta, *_strides(align, out, grad_out), heads, lq,
+        HEAD_DIM=d, BLOCK_D=_pow2(d), BLOCK_M=q_cfg["BLOCK_M"], ALIGN=align,
+    )  # fmt: skip
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     m, smb = _mask_arg(q, mask)
-    align = 1 if interpreting() else _align(q, k, v)
-    args = (*_strides(align, q, k, v), smb, heads, lq, lk)
+    args = (*_strides(align, q, k, v, grad_out), smb, heads, lq, lk)
     flags = {
         "HEAD_DIM": d,
         "HAS_MASK": mask is not None,

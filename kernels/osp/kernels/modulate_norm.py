@@ -241,8 +241,9 @@ def _out_dtype(x: Tensor, shift: Tensor, scale: Tensor) -> torch.dtype:
 
 
 def modulate_norm_reference(x: Tensor, shift: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
-    """The unfused expression the models compute: LayerNorm without affine, then adaLN modulation."""
-    return F.layer_norm(x, (x.shape[-1],), eps=eps) * (1 + scale) + shift
+    """The unfused expression the models compute: LayerNorm without affine, then adaLN modulation
+    (shift + norm(x) * (1 + scale) in one addcmul, as osp.layers.norm spells it)."""
+    return torch.addcmul(shift, F.layer_norm(x, (x.shape[-1],), eps=eps), 1 + scale)
 
 
 def _reference_bwd(

@@ -45,7 +45,24 @@ _FWD_INTS = [
     "Lq",
     "Lk",
 ]
-_BWD_INTS = ["sqb", "sqh", "sqm", "skb", "skh", "skn", "svb", "svh", "svn", "smb", "H", "Lq", "Lk"]
+_BWD_INTS = [
+    "sqb",
+    "sqh",
+    "sqm",
+    "skb",
+    "skh",
+    "skn",
+    "svb",
+    "svh",
+    "svn",
+    "sdb",
+    "sdh",
+    "sdm",
+    "smb",
+    "H",
+    "Lq",
+    "Lk",
+]
 
 
 @dataclass(frozen=True)
