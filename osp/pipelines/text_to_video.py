@@ -24,6 +24,7 @@ from pydantic import Field
 
 from osp.config import Config
 from osp.diffusion import Denoiser, sample, sampler_names
+from osp.diffusion.portable_noise import portable_randn
 from osp.dit.latte import Latte, LatteConfig
 from osp.dit.latte_t2v import load_latte_t2v
 from osp.errors import ConfigError, ShapeError, WeightsError
@@ -37,6 +38,8 @@ PIPELINE_NAME = "pipeline.json"
 
 Decoder = Callable[[torch.Tensor], torch.Tensor]
 """``decoder(latents) -> video``: scaled latents (B, C, t, h, w) -> (B, 3, T, H, W) in about [-1, 1]."""
+NoiseSource = Literal["torch", "portable"]
+"""Initial noise from torch's generator, or from osp.diffusion.portable_noise (reproducible outside Python)."""
 
 
 class PipelineSpec(Config):
@@ -136,10 +139,17 @@ class VideoPipeline:
             raise ConfigError(f"steps: must be at least 1, got {steps}")
         return frames, size, steps, guidance, sampler
 
-    def noise(self, count: int, frames: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    def noise(
+        self, count: int, frames: int, size: tuple[int, int], seed: int, source: NoiseSource = "torch"
+    ) -> torch.Tensor:
         """Initial latents; sample i uses seed + i, so a clip is the same alone or inside a batch."""
         shape = self.latent_shape(frames, size)
-        parts = [torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)]
+        if source == "portable":
+            parts = [portable_randn(shape, seed + i) for i in range(count)]
+        else:
+            parts = [
+                torch.randn(shape, generator=torch.Generator().manual_seed(seed + i)) for i in range(count)
+            ]
         return torch.stack(parts).to(device=self.device, dtype=self.dtype)
 
     def run(
@@ -214,6 +224,7 @@ class TextToVideo(VideoPipeline):
         progress: ProgressDisplay | None = None,
         tiling: TilingConfig | Literal["auto"] | None = "auto",
         decoder: Decoder | None = None,
+        noise: NoiseSource = "torch",
     ) -> Generated:
         if isinstance(prompts, str) or not prompts:
             raise ConfigError("prompts: give a list of one or more prompts")
@@ -231,7 +242,7 @@ class TextToVideo(VideoPipeline):
         tiles = auto_tiling(frames, size) if tiling == "auto" else tiling
         decoder = None if isinstance(tiling, TilingConfig) else decoder  # asked for tiles: the VAE's
         return self.run(
-            self.noise(len(prompts), frames, size, seed),
+            self.noise(len(prompts), frames, size, seed, noise),
             _text_cond(cond, self.dtype),
             _text_cond(uncond, self.dtype),
             sampler=sampler, steps=steps, guidance=guidance, seed=seed, denoiser=denoiser, progress=progress,
@@ -268,6 +279,7 @@ class ClassToVideo(VideoPipeline):
         progress: ProgressDisplay | None = None,
         tiling: TilingConfig | Literal["auto"] | None = "auto",
         decoder: Decoder | None = None,
+        noise: NoiseSource = "torch",
     ) -> Generated:
         num_classes = cast(LatteConfig, self.transformer.config).num_classes
         bad = [label for label in labels if not 0 <= label < num_classes]
@@ -279,7 +291,7 @@ class ClassToVideo(VideoPipeline):
         tiles = auto_tiling(frames, size) if tiling == "auto" else tiling
         decoder = None if isinstance(tiling, TilingConfig) else decoder  # asked for tiles: the VAE's
         return self.run(
-            self.noise(len(labels), frames, size, seed), cond, uncond,
+            self.noise(len(labels), frames, size, seed, noise), cond, uncond,
             sampler=sampler, steps=steps, guidance=guidance, seed=seed, denoiser=denoiser,
             progress=progress or silent(), tiling=tiles, decoder=decoder,
         )  # fmt: skip

@@ -62,6 +62,20 @@ from osp.cli.common import SIZE, console
     "(default transformer,vae_decoder,vae_encoder; tensorrt and compile: transformer,vae_decoder).",
 )
 @click.option(
+    "--bundle-for",
+    type=click.Choice(["node", "web"]),
+    default=None,
+    help="onnx: one folder for the JavaScript runtime in examples/js (Node.js, or a browser): text encoder, "
+    "transformer and VAE decoder files, the tokenizer, and manifest.json with the sampler, shapes and noise "
+    "generator. web refuses weights too large for one file per component.",
+)
+@click.option(
+    "--variants",
+    default=None,
+    help="--bundle-for: weight variants, comma-separated from fp32, fp16 (weights stored as float16), int8 "
+    "(int8 MatMul weights, the rest float16); default fp32. Each variant's size is printed and recorded.",
+)
+@click.option(
     "--mode",
     type=click.Choice(["default", "max-autotune"]),
     default="default",
@@ -93,6 +107,8 @@ def export(
     opset: int | None,
     precision: str | None,
     components: str | None,
+    bundle_for: str | None,
+    variants: str | None,
     mode: str,
     dynamic: bool | None,
     freeze: bool,
@@ -106,6 +122,10 @@ def export(
     model_dir = resolve_model(model_dir)
     read_spec(model_dir)  # a missing or foreign folder fails here, before any heavy import
     names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
+    if (bundle_for or variants) and target != "onnx":
+        raise ConfigError(f"--bundle-for: a bundle holds ONNX files; use --target onnx, not {target}")
+    if variants and not bundle_for:
+        raise ConfigError("--variants: picks the weights of a bundle; add --bundle-for node or web")
     if target == "compile" and out is not None:
         from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
         from osp.export.aoti import export_compiled
@@ -133,7 +153,19 @@ def export(
         raise ConfigError(f"--freeze: only --target compile freezes weights (this is --target {target})")
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
-    if target == "onnx":
+    if target == "onnx" and bundle_for:
+        if names or precision or flavour not in (None, "ort"):
+            raise ConfigError(
+                "--bundle-for: a bundle holds the text encoder, transformer and VAE decoder in flavour ort; "
+                "choose its weights with --variants, not --components, --precision or --flavour"
+            )
+        from osp.export.bundle import export_bundle
+
+        export_bundle(
+            model_dir, out, target=bundle_for, frames=frames, size=size, opset=opset or 23, report=console.print,
+            variants=[v.strip() for v in (variants or "fp32").split(",") if v.strip()],
+        )  # fmt: skip
+    elif target == "onnx":
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
         export_onnx(
