@@ -13,7 +13,14 @@ from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.io.video import write_contact_sheet, write_gif, write_video
 from osp.pipelines.reconstruct import DTYPES
-from osp.pipelines.text_to_video import ClassToVideo, Decoder, TextToVideo, VideoPipeline, load_pipeline
+from osp.pipelines.text_to_video import (
+    ClassToVideo,
+    Decoder,
+    NoiseSource,
+    TextToVideo,
+    VideoPipeline,
+    load_pipeline,
+)
 from osp.progress import ProgressDisplay
 
 
@@ -47,6 +54,9 @@ class GenerateConfig(Config):
     sampler: str | None = None
     negative_prompt: str | None = None
     seed: int = 0
+    noise: NoiseSource = Field(
+        "torch", description="portable: the seed's noise in any language (see portable_noise)"
+    )
     gif: bool = False
     grid: bool = False
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
@@ -59,10 +69,12 @@ def output_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
 
 
-def run_generate(
-    cfg: GenerateConfig, progress: ProgressDisplay | None = None, engine: EngineFactory | None = None
-) -> list[Path]:
-    """Generate and write the videos; ``engine`` (if given) supplies the denoiser and decoder."""
+Loaded = tuple[VideoPipeline, Engine | None]
+"""A loaded pipeline and the engine built for it: what :func:`run_generate` reuses across calls."""
+
+
+def load_generator(cfg: GenerateConfig, engine: EngineFactory | None = None) -> Loaded:
+    """Load the model folder and build the engine, checking that the request fits the model."""
     if (cfg.engine != "torch" or cfg.cuda_graphs) and engine is None:
         raise ConfigError(f"engine: {cfg.engine!r} needs an engine factory (osp generate builds one)")
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=DTYPES[cfg.dtype])
@@ -73,9 +85,24 @@ def run_generate(
         )
     if not text and (not cfg.class_labels or cfg.prompts):
         raise ConfigError("class_labels: this is a class-conditional model: give --class-label N (no prompt)")
-    built = None if engine is None else engine(pipe, cfg)
+    return pipe, None if engine is None else engine(pipe, cfg)
+
+
+def run_generate(
+    cfg: GenerateConfig,
+    progress: ProgressDisplay | None = None,
+    engine: EngineFactory | None = None,
+    *,
+    loaded: Loaded | None = None,
+) -> list[Path]:
+    """Generate and write the videos; ``engine`` (if given) supplies the denoiser and decoder.
+
+    ``loaded`` (from :func:`load_generator`) skips loading: batch sampling calls this once per clip.
+    """
+    pipe, built = loaded or load_generator(cfg, engine)
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
-                  seed=cfg.seed, progress=progress, denoiser=None if built is None else built.denoiser(),
+                  seed=cfg.seed, noise=cfg.noise, progress=progress,
+                  denoiser=None if built is None else built.denoiser(),
                   decoder=None if built is None else built.decoder())  # fmt: skip
     if isinstance(pipe, TextToVideo):
         result = pipe.generate(cfg.prompts, negative_prompt=cfg.negative_prompt, **common)  # type: ignore[arg-type]

@@ -1,9 +1,12 @@
-"""``osp eval``: evaluate generated videos. ``adherence`` checks prompts of the moving-shapes domain."""
+"""``osp eval``: evaluate videos. ``fvd``, ``clip-score`` and ``recon`` are the field's standard metrics
+(their weights come from local files, nothing is downloaded); ``adherence`` checks prompts of the
+moving-shapes domain from pixels."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,12 +21,13 @@ if TYPE_CHECKING:
     from osp.progress import ProgressDisplay
 
 DEFAULT_OUT = Path("out/eval-adherence")
+RESULTS = Path("out/eval")  # default folder of the metrics' JSON files
 SHEET_FRAMES = 5  # frames per clip on the contact sheet
 
 
 @click.group("eval")
 def eval_group() -> None:
-    """Evaluate videos: `adherence`."""
+    """Evaluate videos: `fvd`, `clip-score`, `recon`, `adherence`."""
 
 
 @eval_group.command()
@@ -256,3 +260,219 @@ def _print_table(summary: dict[str, SplitScore]) -> None:
     for attribute in (*ATTRIBUTES, "all"):
         table.add_row(attribute, *(f"{summary[name].accuracy[attribute]:.1%}" for name in splits))
     console.print(table)
+
+
+# ---------------------------------------------------------------------------- standard video metrics
+
+
+def _results_option(name: str, what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(
+        "-o",
+        "--out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=RESULTS / f"{name}.json",
+        show_default=True,
+        help=f"Results as JSON: {what}.",
+    )
+
+
+def _weights_file(flag: str, path: Path | None, what: str) -> Path:
+    """The weights file a flag names; a missing one is a one-line error naming the flag."""
+    from osp.errors import ConfigError
+
+    if path is None:
+        raise ConfigError(f"{flag}: {what} (a local path; nothing is downloaded)")
+    if not path.exists():
+        raise ConfigError(f"{flag}: {path}: no such file or folder; {what}")
+    return path
+
+
+def _jsonable(value: object) -> object:
+    """JSON has no infinity (identical clips have infinite PSNR): write it as the string "inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _finish(
+    out: Path, data: Mapping[str, object], rows: list[tuple[str, str]], title: str, notes: list[str]
+) -> None:
+    from rich.table import Table
+
+    from osp.io.weights import atomic_write_text
+
+    table = Table("", "", title=title, show_header=False)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    atomic_write_text(out, json.dumps(_jsonable({**data, "notes": notes}), indent=2) + "\n")
+    console.print(f"wrote {out}")
+
+
+@eval_group.command()
+@click.argument("real", type=click.Path(path_type=Path))
+@click.argument("generated", type=click.Path(path_type=Path))
+@click.option(
+    "--i3d",
+    "i3d_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="I3D weights: the .safetensors file `osp eval convert-i3d` writes.",
+)
+@click.option(
+    "--clips", type=click.IntRange(min=2), default=2048, show_default=True, help="Clips per side, at most."
+)
+@click.option("--frames", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Clips per I3D call.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the folders' feature caches.")
+@_results_option("fvd", "FVD, protocol, I3D weights' digest, the files of each side")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def fvd(
+    real: Path, generated: Path, i3d_path: Path | None, clips: int, frames: int, batch: int, device: str,
+    no_cache: bool, out: Path, quiet: bool,
+) -> None:  # fmt: skip
+    """Fréchet Video Distance between the clips of two folders (StyleGAN-V's fvd2048_16f protocol).
+
+    Features of each folder are cached in FOLDER/.osp-cache, so a second comparison against the same
+    real set costs only the generated side.
+    """
+    from osp.eval.fvd import PROTOCOL, file_digest, fvd_folders
+    from osp.eval.i3d import load_i3d
+    from osp.progress import ProgressDisplay
+
+    weights = _weights_file(
+        "--i3d", i3d_path, "FVD needs I3D weights, a .safetensors file from `osp eval convert-i3d`"
+    )
+    digest = file_digest(weights)
+    model = load_i3d(weights, device=device)
+    with ProgressDisplay(enabled=not quiet) as progress:
+        result = fvd_folders(
+            real, generated, model, digest, frames=frames, clips=clips, batch=batch, cache=not no_cache,
+            progress=progress,
+        )  # fmt: skip
+    sides = {
+        what: {
+            "folder": str(side.folder),
+            "clips": len(side.files),
+            "from_cache": side.cached,
+            "skipped": side.skipped,
+            "files": side.files,
+        }
+        for what, side in (("real", result.real), ("generated", result.generated))
+    }
+    data = {"metric": "fvd", "fvd": result.fvd, "protocol": {**PROTOCOL, "frames": frames, "clips_max": clips},
+            "i3d": {"path": str(weights), "sha256": digest}, **sides}  # fmt: skip
+    rows = [("FVD", f"{result.fvd:.2f}")] + [
+        (f"{what} clips", f"{len(side.files)} ({side.cached} cached)")
+        for what, side in (("real", result.real), ("generated", result.generated))
+    ]
+    _finish(out, data, rows, f"FVD ({frames} frames, 224x224)", result.notes)
+
+
+@eval_group.command("clip-score")
+@click.argument("generated", type=click.Path(path_type=Path))
+@click.option(
+    "--clip",
+    "clip_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="transformers CLIP folder (config.json, weights, tokenizer, preprocessor_config.json).",
+)
+@click.option("--device", default="cpu", show_default=True)
+@_results_option("clip_score", "per clip and overall, CLIP model")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def clip_score(generated: Path, clip_dir: Path | None, device: str, out: Path, quiet: bool) -> None:
+    """CLIP score of each clip of GENERATED against its prompt in GENERATED/manifest.jsonl.
+
+    Per frame max(100·cos, 0), averaged over the clip's frames, then over clips.
+    """
+    from osp.eval.clip_score import CLIPScorer, clip_score_folder
+    from osp.progress import ProgressDisplay
+
+    folder = _weights_file("--clip", clip_dir, "CLIP score needs a CLIP model folder (transformers format)")
+    with ProgressDisplay(enabled=not quiet) as progress:
+        with progress.step(f"load CLIP from {folder}"):
+            scorer = CLIPScorer(folder, device=device)
+        result = clip_score_folder(generated, scorer, progress)
+    scores = [c["clip_score"] for c in result.clips]
+    data = {"metric": "clip_score", "clip_score": result.mean, "clip_model": scorer.name, "clip_path": str(folder),
+            "folder": str(generated), "clips": result.clips}  # fmt: skip
+    rows = [("CLIP score", f"{result.mean:.3f}"), ("clips", str(len(scores))),
+            ("min / max", f"{min(scores):.3f} / {max(scores):.3f}"), ("CLIP", scorer.name)]  # fmt: skip
+    _finish(out, data, rows, "CLIP score", result.notes)
+
+
+@eval_group.command()
+@click.argument("real", type=click.Path(path_type=Path))
+@click.argument("recon", type=click.Path(path_type=Path))
+@click.option(
+    "--lpips",
+    "lpips_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="LPIPS-VGG weights (the file training's `perceptual: lpips:PATH` reads); without it no LPIPS.",
+)
+@click.option("--device", default="cpu", show_default=True)
+@_results_option("recon", "per clip and overall")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def recon(real: Path, recon: Path, lpips_path: Path | None, device: str, out: Path, quiet: bool) -> None:
+    """PSNR, SSIM and LPIPS of each clip of RECON against the clip of REAL with the same name."""
+    from osp.errors import ConfigError
+    from osp.eval.recon import recon_folders
+    from osp.progress import ProgressDisplay
+
+    perceptual = None
+    if lpips_path is not None:
+        from osp_train.losses import LPIPS
+
+        _weights_file("--lpips", lpips_path, "LPIPS needs its VGG + linear-head weights file")
+        try:
+            perceptual = LPIPS.from_file(lpips_path).to(device)
+        except (ValueError, RuntimeError, OSError) as err:
+            raise ConfigError(f"--lpips: {err}") from None
+    with ProgressDisplay(enabled=not quiet) as progress:
+        result = recon_folders(real, recon, perceptual, device=device, progress=progress)
+    data = {"metric": "recon", **result.mean, "real": str(real), "recon": str(recon),
+            "lpips_weights": None if lpips_path is None else str(lpips_path), "clips": result.clips}  # fmt: skip
+    rows = [(name.upper(), f"{value:.4f}") for name, value in result.mean.items()]
+    rows.append(("clips", str(len(result.clips))))
+    notes = result.notes + ([] if perceptual else ["no --lpips: LPIPS not computed"])
+    _finish(out, data, rows, "reconstruction", notes)
+
+
+@eval_group.command("convert-i3d")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Safetensors file to write [default: SOURCE with the suffix .safetensors].",
+)
+def convert_i3d(source: Path, out: Path | None) -> None:
+    """Convert published I3D weights once into the safetensors file `osp eval fvd --i3d` reads.
+
+    SOURCE: StyleGAN-V's i3d_torchscript.pt (the TF-Hub weights FVD papers report with; loading it runs
+    TorchScript deserialisation, so a warning is printed), or a pytorch-i3d rgb_imagenet.pt / VideoGPT
+    i3d_pretrained_400.pt state dict (read with weights_only=True).
+    """
+    import warnings
+
+    from osp.cli.common import err_console
+    from osp.eval.fvd import file_digest
+    from osp.eval.i3d import convert_checkpoint
+
+    out = out or source.with_suffix(".safetensors")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kind = convert_checkpoint(source, out)
+    for warning in caught:
+        err_console.print(f"[yellow]warning:[/] {warning.message}", highlight=False)
+    console.print(f"wrote {out} (from a {kind.replace('_', ' ')}; sha256 {file_digest(out)[:16]})")

@@ -1,7 +1,9 @@
-"""``osp generate``: text (or class) to video with a model folder."""
+"""``osp generate``: text (or class) to video with a model folder; ``--prompts FILE`` for batches."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,15 @@ import click
 from osp.cli.common import DTYPE_CHOICE, SIZE, console
 
 
-@click.command()
+class _KeepArgs(click.Command):
+    """Keeps the command's own arguments, so ``--nproc N`` can start N copies of the same command line."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["osp.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_KeepArgs)
 @click.argument("prompts", nargs=-1)
 @click.option(
     "--model",
@@ -22,10 +32,26 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
 @click.option(
     "-o",
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=Path("out.mp4"),
     show_default=True,
-    help="Video file; several prompts write OUT_0.mp4, OUT_1.mp4, ...",
+    help="Video file; several prompts write OUT_0.mp4, OUT_1.mp4, ...; with --prompts, a folder.",
+)
+@click.option(
+    "--prompts",
+    "prompts_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Batch: one clip per line of a .txt file, or per JSON line of a .jsonl file (prompt, and optional "
+    "seed, negative_prompt, name), into the folder OUT with a manifest.jsonl; a re-run skips finished clips.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--prompts: processes on this machine sharing the prompts (gloo on CPU, NCCL on GPU, one GPU "
+    "each). Under torchrun leave it at 1.",
 )
 @click.option(
     "--engine",
@@ -72,6 +98,14 @@ from osp.cli.common import DTYPE_CHOICE, SIZE, console
     "--class-label", "class_labels", type=int, multiple=True, help="Class-conditional models: label(s)."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Clip i uses seed + i.")
+@click.option(
+    "--noise",
+    type=click.Choice(["torch", "portable"]),
+    default="torch",
+    show_default=True,
+    help="Initial noise: torch's generator, or the portable one (Philox + Box-Muller) that the JavaScript "
+    "runtime in examples/js reproduces from the same seed.",
+)
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
 @click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
@@ -81,6 +115,8 @@ def generate(
     prompts: tuple[str, ...],
     model: str | None,
     out: Path,
+    prompts_file: Path | None,
+    nproc: int,
     engine: str,
     engine_dir: Path | None,
     freeze: bool,
@@ -93,19 +129,26 @@ def generate(
     negative_prompt: str | None,
     class_labels: tuple[int, ...],
     seed: int,
+    noise: str,
     gif: bool,
     grid: bool,
     dtype: str,
     device: str,
     quiet: bool,
 ) -> None:
-    """Generate a video for each PROMPT (or each --class-label) and write it to OUT."""
+    """Generate a video for each PROMPT (or each --class-label) and write it to OUT.
+
+    With --prompts FILE: one clip per prompt of FILE into the folder OUT, shared among --nproc local
+    processes or the processes of `torchrun -m osp.cli.generate`.
+    """
     from osp.errors import ConfigError
     from osp.pipelines.bundled import resolve_model
     from osp.pipelines.generate import GenerateConfig, run_generate
     from osp.progress import ProgressDisplay
 
-    if out.suffix.lower() != ".mp4":
+    if prompts_file is None and nproc > 1:
+        raise ConfigError("--nproc: several processes share a --prompts file; give --prompts FILE")
+    if prompts_file is None and out.suffix.lower() != ".mp4":
         raise ConfigError(f"out: {out} must end in .mp4")
     if engine in ("onnx", "trt") and engine_dir is None:
         raise ConfigError(f"--engine-dir: --engine {engine} runs an exported folder; give --engine-dir DIR")
@@ -138,6 +181,7 @@ def generate(
             negative_prompt=negative_prompt,
             class_labels=list(class_labels),
             seed=seed,
+            noise=noise,
             gif=gif,
             grid=grid,
             dtype=dtype,
@@ -146,6 +190,9 @@ def generate(
         source="options",
     )
     factory = None if engine == "torch" and not cuda_graphs else _engine_factory
+    if prompts_file is not None:
+        _batch(cfg, prompts_file, nproc, quiet, factory)
+        return
     with ProgressDisplay(enabled=not quiet) as progress:
         written = run_generate(cfg, progress, engine=factory)
     for path in written:
@@ -161,3 +208,45 @@ def _engine_factory(pipe: Any, cfg: Any) -> Any:
         cfg.engine, pipe, engine_dir=cfg.engine_dir, model_dir=cfg.model, batch=2 * count,
         frames=cfg.frames, size=cfg.size, freeze=cfg.freeze, cuda_graphs=cfg.cuda_graphs,
     )  # fmt: skip
+
+
+def _batch(cfg: Any, prompts_file: Path, nproc: int, quiet: bool, factory: Any) -> None:
+    from osp.pipelines.batch import describe, plan_batch, run_batch
+    from osp.progress import ProgressDisplay
+
+    plan = plan_batch(cfg, prompts_file)  # a bad file fails here, before any process starts
+    if nproc > 1:
+        from osp.errors import ConfigError
+        from osp.pipelines.launch import launch
+
+        if "WORLD_SIZE" in os.environ:
+            raise ConfigError("--nproc: this is already one of torchrun's processes; drop --nproc")
+
+        argv = click.get_current_context().meta["osp.argv"]
+        code = launch("osp.cli.generate", _without_nproc(argv), nproc)
+        if code:
+            raise SystemExit(code)
+        return
+    lead = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 shows progress and reports
+    with ProgressDisplay(enabled=not quiet and lead) as progress:
+        summary = run_batch(plan, progress, engine=factory)
+    if lead:
+        console.print(describe(summary), highlight=False, soft_wrap=True)
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+if __name__ == "__main__":  # python -m osp.cli.generate, as torchrun -m starts each rank
+    from osp.cli.main import cli
+
+    sys.exit(cli(["generate", *sys.argv[1:]], prog_name="osp"))
