@@ -217,13 +217,13 @@ def _batch(cfg: Any, prompts_file: Path, nproc: int, quiet: bool, factory: Any) 
     plan = plan_batch(cfg, prompts_file)  # a bad file fails here, before any process starts
     if nproc > 1:
         from osp.errors import ConfigError
-        from osp.pipelines.launch import launch
+        from osp.launch import launch
 
         if "WORLD_SIZE" in os.environ:
             raise ConfigError("--nproc: this is already one of torchrun's processes; drop --nproc")
 
         argv = click.get_current_context().meta["osp.argv"]
-        code = launch("osp.cli.generate", _without_nproc(argv), nproc)
+        code = launch("osp.cli.generate", _without_nproc(argv), nproc, share_cores=True)
         if code:
             raise SystemExit(code)
         return

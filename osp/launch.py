@@ -29,11 +29,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def launch(module: str, argv: Sequence[str], nproc: int) -> int:
+def launch(module: str, argv: Sequence[str], nproc: int, share_cores: bool = False) -> int:
     """Run ``python -m module *argv`` in ``nproc`` processes; returns the first failure's status.
 
-    Threads: without OMP_NUM_THREADS in the environment each process gets ``cores // nproc`` of them
-    (torchrun gives each one), so N processes share the cores instead of oversubscribing them.
+    ``share_cores``: without OMP_NUM_THREADS in the environment each process gets ``cores // nproc``
+    threads (torchrun gives each one), so N processes share the cores instead of oversubscribing them.
     """
     env = {
         **os.environ,
@@ -41,7 +41,8 @@ def launch(module: str, argv: Sequence[str], nproc: int) -> int:
         "MASTER_PORT": str(free_port()),
         "WORLD_SIZE": str(nproc),
     }
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if share_cores:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", module, *argv],
