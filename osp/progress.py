@@ -40,6 +40,9 @@ class ProgressDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:  # failing: the error message alone, not half-filled bars above it
+            for task in self._progress.task_ids:
+                self._progress.update(task, visible=False)
         self._progress.__exit__(*exc)  # type: ignore[arg-type]
 
     @contextmanager

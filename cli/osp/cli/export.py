@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from osp.cli.common import SIZE, console
+
+if TYPE_CHECKING:
+    from osp.progress import ProgressDisplay
 
 
 @click.command()
@@ -91,6 +97,7 @@ from osp.cli.common import SIZE, console
 @click.option(
     "--freeze", is_flag=True, help="compile: the whole transformer with its weights frozen in (inference)."
 )
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option(
     "--device",
     default="cpu",
@@ -113,8 +120,34 @@ def export(
     dynamic: bool | None,
     freeze: bool,
     device: str,
+    quiet: bool,
 ) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
+    from osp.progress import ProgressDisplay
+
+    with ProgressDisplay(enabled=not quiet) as progress:
+        _export(progress, model_dir, target, out, frames, size, flavour, opset, precision, components,
+                bundle_for, variants, mode, dynamic, freeze, device)  # fmt: skip
+
+
+def _export(
+    progress: ProgressDisplay,
+    model_dir: Path,
+    target: str,
+    out: Path | None,
+    frames: int | None,
+    size: tuple[int, int] | None,
+    flavour: str | None,
+    opset: int | None,
+    precision: str | None,
+    components: str | None,
+    bundle_for: str | None,
+    variants: str | None,
+    mode: str,
+    dynamic: bool | None,
+    freeze: bool,
+    device: str,
+) -> None:
     from osp.errors import ConfigError
     from osp.pipelines.bundled import resolve_model
     from osp.pipelines.text_to_video import read_spec
@@ -130,11 +163,12 @@ def export(
         from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
         from osp.export.aoti import export_compiled
 
-        export_compiled(
-            model_dir, out, frames=frames, size=size, precision=precision or "fp32",
-            components=names or COMPILED_COMPONENTS, dynamic=dynamic is not False, mode=mode, device=device,
-            report=console.print,
-        )  # fmt: skip
+        parts = names or COMPILED_COMPONENTS
+        with _components_step(progress, "compile packages", len(parts)) as report:
+            export_compiled(
+                model_dir, out, frames=frames, size=size, precision=precision or "fp32",
+                components=parts, dynamic=dynamic is not False, mode=mode, device=device, report=report,
+            )  # fmt: skip
         console.print(f"wrote {out}")
         return
     if device != "cpu":
@@ -144,10 +178,11 @@ def export(
     if target == "compile":
         from osp.export.compile import check_compiled
 
-        report = check_compiled(
-            model_dir, frames=frames, size=size, mode=mode, dynamic=dynamic, freeze=freeze
-        )
-        console.print(report)
+        with progress.step("compile transformer"):
+            summary = check_compiled(
+                model_dir, frames=frames, size=size, mode=mode, dynamic=dynamic, freeze=freeze
+            )
+        console.print(summary)
         return
     if freeze:
         raise ConfigError(f"--freeze: only --target compile freezes weights (this is --target {target})")
@@ -161,17 +196,21 @@ def export(
             )
         from osp.export.bundle import export_bundle
 
-        export_bundle(
-            model_dir, out, target=bundle_for, frames=frames, size=size, opset=opset or 23, report=console.print,
-            variants=[v.strip() for v in (variants or "fp32").split(",") if v.strip()],
-        )  # fmt: skip
+        kinds = [v.strip() for v in (variants or "fp32").split(",") if v.strip()]
+        with _components_step(progress, "export bundle", None) as report:
+            export_bundle(
+                model_dir, out, target=bundle_for, frames=frames, size=size, opset=opset or 23, report=report,
+                variants=kinds,
+            )  # fmt: skip
     elif target == "onnx":
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
-        export_onnx(
-            model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
-            components=names or DEFAULT_COMPONENTS, precision=precision or "fp32", report=console.print,
-        )  # fmt: skip
+        parts = names or DEFAULT_COMPONENTS
+        with _components_step(progress, "export onnx", len(parts)) as report:
+            export_onnx(
+                model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
+                components=parts, precision=precision or "fp32", report=report,
+            )  # fmt: skip
     else:
         if flavour == "ort-mha":
             raise ConfigError(
@@ -181,8 +220,28 @@ def export(
         from osp.export.tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()
-        export_tensorrt(
-            model_dir, out, frames=frames, size=size, flavour=flavour or "trt", precision=precision or "fp16",
-            opset=opset, components=names or ("transformer", "vae_decoder"), report=console.print,
-        )  # fmt: skip
+        parts = names or ("transformer", "vae_decoder")
+        with _components_step(progress, "build engines", len(parts)) as report:
+            export_tensorrt(
+                model_dir, out, frames=frames, size=size, flavour=flavour or "trt", precision=precision or "fp16",
+                opset=opset, components=parts, report=report,
+            )  # fmt: skip
     console.print(f"wrote {out}")
+
+
+@contextmanager
+def _components_step(
+    progress: ProgressDisplay, label: str, total: int | None
+) -> Iterator[Callable[[str], None]]:
+    """A progress bar over the components an exporter writes: it reports each one (exported and checked
+    against eager) with one line, which is printed and advances the bar."""
+    with progress.step(label, total) as update:
+        done = 0
+
+        def report(line: str) -> None:
+            nonlocal done
+            done += 1
+            console.print(line)
+            update(done, total if total is not None else done)
+
+        yield report
