@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from osp.config import Config
 from osp.diffusion import FlowConfig, GaussianConfig
 from osp_train.data import DataConfig
+from osp_train.finish_config import InterpolateTaskConfig, UpscaleTaskConfig
 
 
 class OptimConfig(Config):
@@ -74,7 +75,9 @@ class TrainConfig(Config):
     """Everything one run needs. Field paths in errors read like ``optim.lr``.
 
     ``task``: ``dit`` trains a diffusion transformer on frozen-VAE latents; ``vae`` trains a causal video
-    VAE (L1 + perceptual + KL + PatchGAN, ``vae_loss``); ``vqvae`` trains a VideoGPT VQ-VAE.
+    VAE (L1 + perceptual + KL + PatchGAN, ``vae_loss``); ``vqvae`` trains a VideoGPT VQ-VAE; ``upscale``
+    and ``interpolate`` train the finishing models (osp_train.finish_task; settings in ``upscale`` /
+    ``interpolate``).
 
     Speed and memory of ``task: dit``, applied to the transformer's blocks from outside the model
     (osp_train.blocks). ``gradient_checkpointing``: ``none`` keeps every activation for the backward
@@ -95,9 +98,11 @@ class TrainConfig(Config):
     """
 
     out: Path
-    task: Literal["dit", "vae", "vqvae"] = "dit"
+    task: Literal["dit", "vae", "vqvae", "upscale", "interpolate"] = "dit"
     # dit: a preset of LATTE_CONFIGS / LATTE_T2V_CONFIGS, or an osp weights folder to fine-tune.
     # vae / vqvae: a preset of CAUSAL_VAE_CONFIGS / VQVAE_CONFIGS, or an osp weights folder.
+    # upscale / interpolate: a preset of UPSCALER_CONFIGS / INTERPOLATOR_CONFIGS, an osp weights folder,
+    # or a released Real-ESRGAN .pth / RIFE flownet.pkl to fine-tune.
     # ``model_overrides`` replaces config fields (e.g. ``caption_channels: 384``).
     model: str = "latte-tiny"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
@@ -121,6 +126,8 @@ class TrainConfig(Config):
     # text states, with no VAE or text encoder in the loop. ``data`` is then not read.
     features: Path | None = None
     vae_loss: VAELossConfig = VAELossConfig()
+    upscale: UpscaleTaskConfig = UpscaleTaskConfig()
+    interpolate: InterpolateTaskConfig = InterpolateTaskConfig()
     data: DataConfig
     num_workers: int = Field(0, ge=0)
     batch_size: int = Field(1, ge=1, description="per rank")
@@ -213,6 +220,9 @@ class TrainConfig(Config):
             raise ValueError("sample_prompts: sample_every with text conditioning needs at least one prompt")
         if self.task != "vae" and "vae_loss" in self.model_fields_set:
             raise ValueError(f"vae_loss: only task vae reads it (this is task {self.task})")
+        for task in ("upscale", "interpolate"):
+            if self.task != task and task in self.model_fields_set:
+                raise ValueError(f"{task}: only task {task} reads it (this is task {self.task})")
         return self
 
     @property

@@ -1,5 +1,6 @@
 """The training loop: a task step (dit: pixels → frozen VAE latents → diffusion loss, or stored latents
-from ``osp extract`` with ``features``; vae / vqvae: see osp_train.vae_task) → DeepSpeed step → EMA.
+from ``osp extract`` with ``features``; vae / vqvae: see osp_train.vae_task; upscale / interpolate: see
+osp_train.finish_task) → DeepSpeed step → EMA.
 
 :func:`train` is the one function ``osp train`` calls, in every process of the run. It resumes from the
 newest complete checkpoint in ``out/checkpoints`` when there is one, so an interrupted run continues by
@@ -296,6 +297,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, console: Console | None = 
     torch.manual_seed(cfg.seed)
     if cfg.task == "dit":
         task = _dit_task(cfg, device, dtype)
+    elif cfg.task in ("upscale", "interpolate"):
+        from osp_train.finish_task import finishing_task
+
+        task = finishing_task(cfg, info, dtype)
     else:
         from osp_train.vae_task import autoencoder_task
 

@@ -12,6 +12,7 @@ from osp.config import Config
 from osp.diffusion import Denoiser
 from osp.errors import ConfigError
 from osp.io.video import write_contact_sheet, write_gif, write_video
+from osp.pipelines.finish import Finisher
 from osp.pipelines.reconstruct import DTYPES
 from osp.pipelines.text_to_video import (
     ClassToVideo,
@@ -61,6 +62,12 @@ class GenerateConfig(Config):
     grid: bool = False
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
     device: str = "cpu"
+    # Finishing (osp.pipelines.finish): interpolate to ``interpolate`` x the frame rate, then upscale by
+    # ``upscale``; the models are folders or names (None: the bundled ones).
+    interpolate: int | None = Field(None, ge=1)
+    upscale: int | None = Field(None, ge=1)
+    interpolator: str | None = None
+    upscaler: str | None = None
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -100,6 +107,8 @@ def run_generate(
     ``loaded`` (from :func:`load_generator`) skips loading: batch sampling calls this once per clip.
     """
     pipe, built = loaded or load_generator(cfg, engine)
+    finish = Finisher.build(interpolate=cfg.interpolate, upscale=cfg.upscale, interpolator=cfg.interpolator,
+                            upscaler=cfg.upscaler, dtype=DTYPES[cfg.dtype], device=cfg.device, engine=built)  # fmt: skip
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
                   seed=cfg.seed, noise=cfg.noise, progress=progress,
                   denoiser=None if built is None else built.denoiser(),
@@ -109,13 +118,14 @@ def run_generate(
     else:
         assert isinstance(pipe, ClassToVideo)
         result = pipe.generate(cfg.class_labels, **common)  # type: ignore[arg-type]
+    videos, fps = finish(result.videos, result.fps, progress)
     written: list[Path] = []
-    for path, video in zip(output_paths(cfg.out, len(result.videos)), result.videos, strict=True):
-        written.append(write_video(path, video, result.fps))
+    for path, video in zip(output_paths(cfg.out, len(videos)), videos, strict=True):
+        written.append(write_video(path, video, fps))
         if cfg.gif:
-            written.append(write_gif(path.with_suffix(".gif"), video, result.fps))
+            written.append(write_gif(path.with_suffix(".gif"), video, fps))
     if cfg.grid:
         labels = cfg.prompts or [f"class {label}" for label in cfg.class_labels]
         grid = cfg.out.with_name(f"{cfg.out.stem}_grid.png")
-        written.append(write_contact_sheet(grid, result.videos, labels=[label[:40] for label in labels]))
+        written.append(write_contact_sheet(grid, videos, labels=[label[:40] for label in labels]))
     return written

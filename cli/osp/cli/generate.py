@@ -106,6 +106,12 @@ class _KeepArgs(click.Command):
     help="Initial noise: torch's generator, or the portable one (Philox + Box-Muller) that the JavaScript "
     "runtime in examples/js reproduces from the same seed.",
 )
+@click.option("--interpolate", type=click.IntRange(min=1), default=None,
+              help="Finish: N x the frame rate with the interpolator (before --upscale).")  # fmt: skip
+@click.option("--upscale", type=click.IntRange(min=1), default=None,
+              help="Finish: N x the size with the upscaler.")  # fmt: skip
+@click.option("--interpolator", default=None, help="Interpolator folder or name; default the bundled one.")
+@click.option("--upscaler", default=None, help="Upscaler folder or name; default the bundled one.")
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
 @click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
@@ -130,6 +136,10 @@ def generate(
     class_labels: tuple[int, ...],
     seed: int,
     noise: str,
+    interpolate: int | None,
+    upscale: int | None,
+    interpolator: str | None,
+    upscaler: str | None,
     gif: bool,
     grid: bool,
     dtype: str,
@@ -182,6 +192,10 @@ def generate(
             class_labels=list(class_labels),
             seed=seed,
             noise=noise,
+            interpolate=interpolate,
+            upscale=upscale,
+            interpolator=interpolator,
+            upscaler=upscaler,
             gif=gif,
             grid=grid,
             dtype=dtype,

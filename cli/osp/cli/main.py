@@ -18,10 +18,12 @@ from osp.cli.eval import eval_group
 from osp.cli.export import export
 from osp.cli.extract import extract
 from osp.cli.generate import generate
+from osp.cli.interpolate import interpolate
 from osp.cli.models import models
 from osp.cli.reconstruct import reconstruct
 from osp.cli.samples import samples
 from osp.cli.train import train
+from osp.cli.upscale import upscale
 from osp.cli.vae import vae
 from osp.errors import OspError
 
@@ -48,11 +50,13 @@ cli.add_command(eval_group)
 cli.add_command(export)
 cli.add_command(extract)
 cli.add_command(generate)
+cli.add_command(interpolate)
 cli.add_command(models)
 cli.add_command(reconstruct)
 cli.add_command(vae)
 cli.add_command(samples)
 cli.add_command(train)
+cli.add_command(upscale)
 
 
 if __name__ == "__main__":  # python -m osp.cli.main, as python -m osp.cli

@@ -146,7 +146,10 @@ def _cast(spec: ComponentSpec, dtype: torch.dtype) -> ComponentSpec:
     return dataclasses.replace(
         spec,
         module=copy.deepcopy(spec.module).to(dtype),
-        inputs=[s if s.kind != "normal" else dataclasses.replace(s, dtype=name) for s in spec.inputs],
+        inputs=[
+            s if s.kind not in ("normal", "image") else dataclasses.replace(s, dtype=name)
+            for s in spec.inputs
+        ],
         outputs=[dataclasses.replace(s, dtype=name) for s in spec.outputs],
         tolerance=max(spec.tolerance, BF16_TOLERANCE),
     )
@@ -178,7 +181,7 @@ def compile_component(spec: ComponentSpec, folder: Path, *, device: torch.device
     except (RuntimeError, ValueError, TypeError, AssertionError, torch._dynamo.exc.UserError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ExportError(f"{spec.name}: AOTInductor compile failed: {first}") from err
-    build = {**build_info(device), "mode": mode, "dynamic": str(dynamic).lower()}
+    build = {**build_info(device), "mode": mode, "dynamic": str(dynamic).lower(), **spec.source}
     entry = component_entry(spec, path.name, static=not dynamic, build=build)
     return entry.replace(verify=verify_package(spec, path, device, dynamic))
 
@@ -211,8 +214,10 @@ def export_compiled(
     mode: CompileMode = "default",
     device: str = "cpu",
     report: Callable[[str], None] | None = None,
+    finishers: dict[str, str | Path] | None = None,
 ) -> Manifest:
-    """Compile a pipeline folder's components to ``out`` (replaced only once everything passed)."""
+    """Compile a pipeline folder's components to ``out`` (replaced only once everything passed).
+    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones)."""
     min_torch()
     model_dir, out = Path(model_dir), Path(out)
     if precision not in PRECISIONS:
@@ -227,7 +232,10 @@ def export_compiled(
         raise ConfigError(f"--device {device}: packages are compiled for cpu or cuda")
     pipe = load_pipeline(model_dir)
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
-    specs = [_cast(s, PRECISIONS[precision]) for s in component_specs(pipe, frames, size, components)]
+    specs = [
+        _cast(s, PRECISIONS[precision])
+        for s in component_specs(pipe, frames, size, components, finishers=finishers)
+    ]
     entries = {}
     with staged_folder(out) as stage:
         for spec in specs:

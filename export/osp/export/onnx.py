@@ -28,6 +28,7 @@ else the export fails with an :class:`ExportError` naming the component and noth
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -49,23 +50,32 @@ from osp.export.manifest import (
     Manifest,
     VerifyEntry,
     component_entry,
+    file_hash,
     staged_folder,
     weights_hash,
     write_manifest,
 )
 from osp.export.specs import (
     ComponentSpec,
+    interpolator_spec,
     text_encoder_spec,
     transformer_spec,
+    upscaler_spec,
     vae_decoder_spec,
     vae_encoder_spec,
 )
+from osp.interpolate import IFNetInterpolator
+from osp.pipelines.finish import Kind, load_finisher, resolve_finisher
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, load_pipeline
+from osp.upscale import SRVGGUpscaler
 
 Flavour = Literal["ort", "ort-mha", "trt"]
 OnnxPrecision = Literal["fp32", "int8"]
 ORT_FLAVOURS = ("ort", "ort-mha")  # the flavours ONNX Runtime runs, so the export checks them
-COMPONENTS = ("transformer", "vae_decoder", "vae_encoder", "text_encoder")
+COMPONENTS = ("transformer", "vae_decoder", "vae_encoder", "text_encoder", "upscaler", "interpolator")
+# The finishing models run after the pipeline: the interpolator at its frames' size, the upscaler on
+# the interpolated clip (the --interpolate / --upscale chain of osp generate).
+FINISHERS = ("upscaler", "interpolator")
 DEFAULT_COMPONENTS = ("transformer", "vae_decoder", "vae_encoder")
 OPSETS = range(18, 26)  # measured: 18..25 export and run; 26 breaks the exporter
 EXTERNAL_DATA_BYTES = 1 << 30  # protobuf files stop at 2 GiB; larger weights go to a side file
@@ -353,8 +363,9 @@ def export_component(spec: ComponentSpec, folder: Path, *, flavour: Flavour = "o
     if quantized:
         quantize_int8(path, external_data=nbytes > EXTERNAL_DATA_BYTES)
     entry = component_entry(
-        spec, path.name, attention_nodes=count_attention(path), quantized="int8" if quantized else None
-    )
+        spec, path.name, attention_nodes=count_attention(path), quantized="int8" if quantized else None,
+        build=dict(spec.source),
+    )  # fmt: skip
     if verify and flavour in ORT_FLAVOURS:
         entry = entry.replace(verify=verify_onnx(spec, path, INT8_TOLERANCE if quantized else None))
     return entry
@@ -447,9 +458,19 @@ def compare(component: str, expected: Sequence[np.ndarray], got: Sequence[np.nda
     return VerifyEntry(runtime=runtime, sizes=sizes, max_abs=max_abs, max_rel=max_rel, tolerance=tolerance)
 
 
+def finisher_source(folder: Path) -> dict[str, str]:
+    """Where a finishing model came from: its folder and the sha256 of its config and weights."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.glob("*") if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + file_hash(path).encode())
+    return {"weights": str(folder.resolve()), "weights_sha256": digest.hexdigest()}
+
+
 def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], names: Sequence[str],
-                    max_batch: int = 4) -> list[ComponentSpec]:  # fmt: skip
-    """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``."""
+                    max_batch: int = 4, finishers: dict[str, str | Path] | None = None
+                    ) -> list[ComponentSpec]:  # fmt: skip
+    """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``.
+    ``finishers`` names the upscaler / interpolator (folder or model name; default the bundled ones)."""
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ConfigError(f"components: unknown {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
@@ -463,6 +484,18 @@ def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], nam
             specs.append(vae_decoder_spec(pipe.vae, (t, h, w), max_batch))
         elif name == "vae_encoder":
             specs.append(vae_encoder_spec(pipe.vae, frames, size, max_batch))
+        elif name in FINISHERS:
+            kind: Kind = "upscaler" if name == "upscaler" else "interpolator"
+            folder = resolve_finisher((finishers or {}).get(name), kind)
+            if not folder.is_dir():
+                raise ConfigError(f"{name}: exports take an osp weights folder, not {folder}")
+            model = load_finisher(kind, folder)
+            if isinstance(model, SRVGGUpscaler):
+                specs.append(upscaler_spec(model, frames, size, max_batch, finisher_source(folder)))
+            else:
+                assert isinstance(model, IFNetInterpolator)
+                batch = max(64, 16 * max_batch)  # new frames of a batch of clips, each (frames - 1) * (f - 1)
+                specs.append(interpolator_spec(model, size, batch, finisher_source(folder)))
         else:
             if not isinstance(pipe, TextToVideo):
                 raise ConfigError("components: a class-to-video model has no text_encoder")
@@ -483,8 +516,10 @@ def export_onnx(
     components: Sequence[str] = DEFAULT_COMPONENTS,
     precision: OnnxPrecision = "fp32",
     report: Callable[[str], None] | None = None,
+    finishers: dict[str, str | Path] | None = None,
 ) -> Manifest:
-    """Export a pipeline folder's components to ``out`` (replaced only once everything passed)."""
+    """Export a pipeline folder's components to ``out`` (replaced only once everything passed).
+    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones)."""
     model_dir, out = Path(model_dir), Path(out)
     if opset not in OPSETS:
         raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
@@ -498,7 +533,7 @@ def export_onnx(
         )
     pipe = load_pipeline(model_dir)
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
-    specs = component_specs(pipe, frames, size, components)
+    specs = component_specs(pipe, frames, size, components, finishers=finishers)
     entries = {}
     with staged_folder(out) as stage:
         for spec in specs:

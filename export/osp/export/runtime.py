@@ -3,6 +3,9 @@
 Every engine offers ``denoiser()`` — the pipeline's ``denoiser(x_t, t, cond) -> output`` — and
 ``decoder()`` — scaled latents (B, C, t, h, w) -> video (B, 3, T, H, W), or None to let the pipeline
 decode with its own VAE (tiled when the clip is large). Sampling code never knows which engine runs.
+Exported engines also offer ``finisher(kind, folder)``: the exported upscaler or interpolator of
+``osp generate --upscale / --interpolate``, checked against the weights in ``folder`` (None when the
+folder holds no such component: the chain then runs the eager model).
 
 Exported engines (AOTInductor packages, ONNX Runtime, TensorRT) check before the first step that their
 folder was exported from the same weights and covers the requested shape, and say how to re-export if
@@ -26,6 +29,7 @@ from osp.export.aoti import Package, check_build, load_package
 from osp.export.compile import CompileMode, compile_blocks, compile_frozen
 from osp.export.cudagraph import GraphedDenoiser
 from osp.export.manifest import EngineMismatchError, Manifest, check_source, read_manifest
+from osp.export.onnx import finisher_source
 from osp.export.specs import DTYPES, VaeDecoder
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, auto_tiling, model_denoiser
 from osp.vae import CausalVideoVAE
@@ -170,6 +174,52 @@ class _Exported:
             return None
         run = self.first_output("vae_decoder")
         return lambda latents: run({"latents": latents}).float().to(latents.device)
+
+    def finisher(self, kind: str, folder: Path) -> Callable[..., torch.Tensor] | None:
+        """The exported ``upscaler`` (video -> video) or ``interpolator`` ((frame0, frame1, t) ->
+        frame, any size: padded to the exported multiple and cropped, in chunks of the exported batch),
+        refused if it was exported from other weights than ``folder`` holds; None if not exported."""
+        entry = self.manifest.components.get(kind)
+        if entry is None:
+            return None
+        if "weights_sha256" not in entry.build:
+            raise EngineMismatchError(
+                f"--engine-dir {self.folder}: its {kind} records no source weights, so it cannot be checked "
+                f"against {folder}; re-export it with osp export --target onnx or compile --components {kind}"
+            )
+        if entry.build["weights_sha256"] != finisher_source(Path(folder))["weights_sha256"]:
+            raise EngineMismatchError(
+                f"--engine-dir {self.folder}: its {kind} was exported from {entry.build.get('weights', '-')}, "
+                f"not {folder}; re-export with osp export --components {kind} --out {self.folder}"
+            )
+        run = self.first_output(kind)
+        if kind == "upscaler":
+
+            def upscale(video: torch.Tensor) -> torch.Tensor:
+                b, _, t, h, w = video.shape
+                self.manifest.check_sizes(
+                    kind, {"batch": b, "frames": t, "height": h, "width": w}, self.folder
+                )
+                return run({"video": video}).to(video.device, video.dtype)
+
+            return upscale
+        multiple, most = entry.axes["height"].multiple, entry.axes["batch"].max
+
+        def interpolate(frame0: torch.Tensor, frame1: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            h, w = frame0.shape[2:]
+            sizes = {"height": h + -h % multiple, "width": w + -w % multiple}
+            self.manifest.check_sizes(kind, sizes, self.folder)
+            pad = (0, -w % multiple, 0, -h % multiple)  # edges repeated, as IFNetInterpolator.forward pads
+            a, b = (torch.nn.functional.pad(f, pad, mode="replicate") for f in (frame0, frame1))
+            parts = [
+                run(
+                    {"frame0": a[i : i + most], "frame1": b[i : i + most], "timestep": timestep[i : i + most]}
+                )
+                for i in range(0, a.shape[0], most)
+            ]
+            return torch.cat(parts)[:, :, :h, :w].to(frame0.device, frame0.dtype)
+
+        return interpolate
 
 
 def _default_providers() -> list[str]:

@@ -6,9 +6,9 @@ runtime sees it (which inputs, which axes may change, which shapes to optimise f
 business. Every runtime input is named after the model keyword it feeds (``encoder_hidden_states``,
 ``class_labels``), so an engine maps a denoiser's ``cond`` dict onto inputs without a table.
 
-Components: ``transformer`` (LatteT2V or class Latte), ``vae_encoder``, ``vae_decoder`` and
-``text_encoder`` (the BERT / T5 / CLIP model behind an osp text encoder; tokenisation stays in Python).
-osp has no upscaler or frame interpolator model yet, so there is no spec for them.
+Components: ``transformer`` (LatteT2V or class Latte), ``vae_encoder``, ``vae_decoder``,
+``text_encoder`` (the BERT / T5 / CLIP model behind an osp text encoder; tokenisation stays in Python),
+and the finishing models ``upscaler`` (SRVGGUpscaler) and ``interpolator`` (IFNetInterpolator).
 """
 
 from __future__ import annotations
@@ -25,9 +25,12 @@ from torch.export import Dim
 from osp.dit.latte import Latte
 from osp.dit.latte_t2v import LatteT2V
 from osp.errors import ShapeError
+from osp.interpolate import IFNetInterpolator
+from osp.upscale import SRVGGUpscaler
 from osp.vae import CausalVideoVAE
 
-Kind = Literal["normal", "timestep", "label", "mask", "ids"]
+# normal: randn; image: uniform in [-1, 1] (frames); fraction: uniform in [0, 1) (a time between frames)
+Kind = Literal["normal", "image", "fraction", "timestep", "label", "mask", "ids"]
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
@@ -100,6 +103,9 @@ class ComponentSpec:
     check: dict[str, int]  # different axis sizes, to verify that the export really is dynamic
     limits: dict[str, int] = field(default_factory=dict)  # vocabulary size, number of labels
     tolerance: float = 1e-3  # max abs error relative to max |reference|, in float32
+    # What a component was made from when it is not the pipeline folder (a finishing model's folder
+    # and the sha256 of its files); recorded in its manifest entry's ``build``.
+    source: dict[str, str] = field(default_factory=dict)
 
     def make_inputs(self, sizes: dict[str, int], seed: int = 0) -> tuple[torch.Tensor, ...]:
         """Random inputs of the given axis sizes, each of a kind the component really receives."""
@@ -109,6 +115,10 @@ class ComponentSpec:
             shape = spec.shape(sizes)
             if spec.kind == "timestep":
                 tensor = torch.rand(shape, generator=gen) * 999
+            elif spec.kind == "image":
+                tensor = torch.rand(shape, generator=gen) * 2 - 1
+            elif spec.kind == "fraction":
+                tensor = torch.rand(shape, generator=gen)
             elif spec.kind == "label":
                 tensor = torch.randint(0, self.limits["labels"], shape, generator=gen)
             elif spec.kind == "ids":
@@ -211,6 +221,30 @@ class VaeEncoder(nn.Module):
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, logvar = self.vae.quant_conv(self.vae.encoder(video)).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
+
+
+class Upscaler(nn.Module):
+    """Video in [-1, 1] -> the video ``scale`` times larger, every frame with its temporal window."""
+
+    def __init__(self, model: SRVGGUpscaler) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.model(video)
+
+
+class Interpolator(nn.Module):
+    """Two frames in [-1, 1] and a time in (0, 1) -> the frame between them. Sizes are multiples of the
+    model's ``pad_multiple``: the runtime pads (edges repeated) and crops, as the model's forward does,
+    because a padding computed from the size would pin the exported height and width."""
+
+    def __init__(self, model: IFNetInterpolator) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, frame0: torch.Tensor, frame1: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.model.predict(frame0, frame1, timestep)
 
 
 class TextModel(nn.Module):
@@ -337,6 +371,47 @@ def text_encoder_spec(
     check = {"batch": 1, "text_length": max(2, max_length // 2)}
     return ComponentSpec("text_encoder", TextModel(model, use_mask), inputs, outputs, axes, sample, check,
                          {"vocab": int(config.vocab_size)})  # fmt: skip
+
+
+def upscaler_spec(model: SRVGGUpscaler, frames: int, size: tuple[int, int], max_batch: int = 4,
+                  source: dict[str, str] | None = None) -> ComponentSpec:  # fmt: skip
+    """The upscaler on clips of ``frames`` x ``size`` (its input size), batch and all three axes dynamic."""
+    h, w, s = size[0], size[1], model.config.scale
+    axes = {
+        "batch": Axis("batch", 1, max_batch),
+        "frames": Axis("frames", 1, max(2 * frames, 129)),
+        "height": Axis("height", 8, max(2 * h, 1088)),
+        "width": Axis("width", 8, max(2 * w, 1920)),
+    }
+    video = TensorSpec("video", ("batch", 3, "frames", "height", "width"), kind="image")
+    out = TensorSpec("upscaled", ("batch", 3, "frames", f"{s}*height", f"{s}*width"))
+    sample = {"batch": 2, "frames": frames, "height": h, "width": w}
+    check = {"batch": 1, "frames": frames + 2, "height": h + 2, "width": w + 6}
+    return ComponentSpec(
+        "upscaler", Upscaler(model), [video], [out], axes, sample, check, source=source or {}
+    )
+
+
+def interpolator_spec(model: IFNetInterpolator, size: tuple[int, int], max_batch: int = 64,
+                      source: dict[str, str] | None = None) -> ComponentSpec:  # fmt: skip
+    """The interpolator on frames of ``size`` (padded up to ``pad_multiple``); batch = new frames."""
+    m = model.config.pad_multiple
+    h, w = (-(-size[0] // m) * m, -(-size[1] // m) * m)
+    axes = {
+        "batch": Axis("batch", 1, max_batch),
+        "height": Axis("height", m, max(2 * h, 1088 // m * m + m), multiple=m),
+        "width": Axis("width", m, max(2 * w, 1920 // m * m + m), multiple=m),
+    }
+    frame = ("batch", 3, "height", "width")
+    inputs = [
+        TensorSpec("frame0", frame, kind="image"),
+        TensorSpec("frame1", frame, kind="image"),
+        TensorSpec("timestep", ("batch",), kind="fraction"),
+    ]
+    sample = {"batch": 2, "height": h, "width": w}
+    check = {"batch": 3, "height": h + m, "width": w + 2 * m}
+    return ComponentSpec("interpolator", Interpolator(model), inputs, [TensorSpec("frame", frame)], axes, sample,
+                         check, source=source or {})  # fmt: skip
 
 
 def trt_profiles(spec: ComponentSpec, buckets: list[dict[str, int]]) -> list[dict[str, list[list[int]]]]:

@@ -1,0 +1,196 @@
+"""SRVGGUpscaler: Real-ESRGAN's compact super-resolution network (``SRVGGNetCompact``) for video.
+
+The network is a plain stack of 3x3 convolutions at the low resolution, each followed by an
+activation, and one pixel shuffle at the end: no convolution ever runs at the output size, which is
+why it is the model people deploy (``realesr-general-x4v3`` is ~1.2M parameters) and why it exports
+to every runtime. Its output is a residual over the nearest-neighbour up-sampled input.
+
+Temporal context: with ``temporal_radius = r`` the first convolution sees frames t-r .. t+r stacked
+on the channel axis (the clip's first and last frames repeat at its ends), so the detail it draws
+follows the neighbouring frames instead of being re-invented per frame, which is what flickers.
+``r = 0`` is the released single-image network.
+
+Parameter names follow the released checkpoint (``body.{i}.weight``: convolutions at even ``i``,
+PReLU slopes at odd ``i``), so its weights load unchanged (see osp/upscale/convert.py).
+Layout: config -> model (frames, video, tiled video) -> presets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from osp.config import Config
+from osp.errors import ShapeError
+from osp.io.weights import Pretrained
+from osp.vae.tiling import AxisMap, tiled_apply
+
+ProgressFn = Callable[[int, int], None]
+
+
+class UpscalerConfig(Config):
+    scale: int = Field(4, ge=2, le=4, description="output side / input side")
+    num_feat: int = Field(64, gt=0, description="channels of every hidden convolution")
+    num_conv: int = Field(32, ge=0, description="hidden 3x3 convolutions between the first and the last")
+    act_type: Literal["prelu", "relu", "leakyrelu"] = "prelu"
+    temporal_radius: int = Field(0, ge=0, le=3, description="frames seen on each side of the frame drawn")
+
+    @property
+    def window(self) -> int:
+        return 2 * self.temporal_radius + 1
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """Output scales this model makes: its own, and its divisors > 1 (drawn at ``scale``, then
+        area-downsampled, as Real-ESRGAN's ``--outscale`` does)."""
+        return tuple(s for s in range(2, self.scale + 1) if self.scale % s == 0)
+
+
+class UpscaleTiling(Config):
+    """Tiles in input pixels. Each frame's output depends only on its own window of frames, so time
+    chunks are exact; spatial tiles are cross-faded over ``overlap`` (the network sees 1 + num_conv + 1
+    convolutions, so an overlap of about that many pixels leaves the seams invisible)."""
+
+    size: int = Field(128, gt=0, description="spatial tile edge, in input pixels")
+    overlap: int = Field(16, ge=0, description="spatial overlap, in input pixels")
+    frames: int = Field(8, gt=0, description="output frames per chunk")
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_tile(self) -> UpscaleTiling:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap {self.overlap} must be smaller than size {self.size}")
+        return self
+
+
+def _activation(kind: str, channels: int) -> nn.Module:
+    if kind == "prelu":
+        return nn.PReLU(num_parameters=channels)
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    return nn.LeakyReLU(negative_slope=0.1, inplace=True)
+
+
+class SRVGGUpscaler(Pretrained):
+    config_class = UpscalerConfig
+    config: UpscalerConfig
+
+    def __init__(self, config: UpscalerConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, s = config.num_feat, config.scale
+        layers: list[nn.Module] = [nn.Conv2d(3 * config.window, c, 3, 1, 1), _activation(config.act_type, c)]
+        for _ in range(config.num_conv):
+            layers += [nn.Conv2d(c, c, 3, 1, 1), _activation(config.act_type, c)]
+        layers.append(nn.Conv2d(c, 3 * s * s, 3, 1, 1))
+        self.body = nn.ModuleList(layers)
+        self.upsampler = nn.PixelShuffle(s)
+
+    # ---- frames ----
+    def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3 * window, h, w) in [0, 1], frames t-r .. t+r on channels -> (N, 3, s*h, s*w) in [0, 1]."""
+        s, r = self.config.scale, self.config.temporal_radius
+        out = x
+        for layer in self.body:
+            out = layer(out)
+        # The residual base is frame t up-sampled by nearest neighbour. Repeating each channel s*s times
+        # before the shuffle is exactly that up-sampling, so it rides on the one pixel shuffle instead of
+        # a Resize (slow on ONNX Runtime's CPU kernels).
+        centre = x[:, 3 * r : 3 * r + 3]
+        return self.upsampler(out + centre.repeat_interleave(s * s, dim=1))
+
+    def windows(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, h, w) in [0, 1] -> (B*T, 3 * window, h, w): each frame with its neighbours."""
+        r = self.config.temporal_radius
+        b, _, t, h, w = video.shape
+        if r:
+            first = video[:, :, :1].expand(b, 3, r, h, w)
+            last = video[:, :, -1:].expand(b, 3, r, h, w)
+            video = torch.cat([first, video, last], dim=2)  # (B, 3, T + 2r, h, w)
+        return self._stack(video, t)
+
+    def _stack(self, padded: torch.Tensor, t: int) -> torch.Tensor:
+        """(B, 3, t + 2r, h, w), already padded in time -> (B*t, 3 * window, h, w)."""
+        stacked = torch.cat([padded[:, :, k : k + t] for k in range(self.config.window)], dim=1)
+        return stacked.transpose(1, 2).flatten(0, 1)  # (B, 3w, t, h, w) -> (B*t, 3w, h, w)
+
+    # ---- video ----
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, h, w) in [-1, 1] -> (B, 3, T, s*h, s*w) in about [-1, 1], every frame at once."""
+        self._check_video(video)
+        b, _, t = video.shape[:3]
+        y = self.forward_frames(self.windows((video + 1) * 0.5))  # (B*T, 3, sh, sw)
+        return y.unflatten(0, (b, t)).transpose(1, 2) * 2 - 1
+
+    def upscale(
+        self,
+        video: torch.Tensor,
+        scale: int | None = None,
+        tiling: UpscaleTiling | None = None,
+        progress: ProgressFn | None = None,
+        net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """(B, 3, T, h, w) in [-1, 1] -> (B, 3, T, scale*h, scale*w): tiled when ``tiling`` is given,
+        so memory is bounded by the tile, not the clip. ``scale`` must be one of ``config.scales``.
+        ``net`` stands in for :meth:`forward` (an exported engine of this model; untiled only)."""
+        self._check_video(video)
+        scale = scale or self.config.scale
+        if scale not in self.config.scales:
+            raise ShapeError(
+                f"scale {scale}: this upscaler makes x{' or x'.join(map(str, self.config.scales))}"
+            )
+        if tiling is None:
+            y = (net or self)(video)
+        else:
+            y = self._tiled(video, tiling, progress)
+        if scale != self.config.scale:
+            k = self.config.scale // scale
+            # Area down-sampling (each output pixel a k x k mean), in fp32: CPUs pool no bf16.
+            y = F.avg_pool3d(y.float(), (1, k, k)).to(y.dtype)
+        return y
+
+    def _tiled(self, video: torch.Tensor, tiling: UpscaleTiling, progress: ProgressFn | None) -> torch.Tensor:
+        r, s = self.config.temporal_radius, self.config.scale
+        b, _, t, h, w = video.shape
+        x = (video + 1) * 0.5
+        padded = torch.cat([x[:, :, :1].expand(b, 3, r, h, w), x, x[:, :, -1:].expand(b, 3, r, h, w)], dim=2)
+
+        def run(tile: torch.Tensor) -> torch.Tensor:  # (B, 3, k + 2r, th, tw) -> (B, 3, k, s*th, s*tw)
+            k = tile.shape[2] - 2 * r
+            return self.forward_frames(self._stack(tile, k)).unflatten(0, (b, k)).transpose(1, 2)
+
+        # Output frames [a, a + n) need padded input frames [a, a + n + 2r); space maps pixel p to s*p.
+        time = AxisMap(lambda a, n: (a, n + 2 * r), lambda a, n: (a, n))
+        space = AxisMap(lambda a, n: (a, n), lambda a, n: (s * a, s * n))
+        y = tiled_apply(
+            run,
+            padded,
+            (t, h, w),
+            (tiling.frames, tiling.size, tiling.size),
+            (0, tiling.overlap, tiling.overlap),
+            (time, space, space),
+            progress,
+        )
+        return y * 2 - 1
+
+    def _check_video(self, video: torch.Tensor) -> None:
+        if video.dim() != 5 or video.shape[1] != 3 or min(video.shape) == 0:
+            raise ShapeError(f"video must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(video.shape)}")
+
+
+UPSCALER_CONFIGS: dict[str, UpscalerConfig] = {
+    # Real-ESRGAN "realesr-general-x4v3": the released general-purpose compact model, ~1.21M parameters.
+    "realesr-general-x4v3": UpscalerConfig(scale=4, num_feat=64, num_conv=32),
+    # Real-ESRGAN "realesr-animevideov3": the same family for animation, ~0.62M parameters.
+    "realesr-animevideov3": UpscalerConfig(scale=4, num_feat=64, num_conv=16),
+    # The bundled x4 model (configs/demo/upscale.yaml): 3-frame context, small enough to train on a CPU.
+    "srvgg-demo-x4": UpscalerConfig(scale=4, num_feat=32, num_conv=8, temporal_radius=1),
+    "srvgg-demo-x2": UpscalerConfig(scale=2, num_feat=32, num_conv=8, temporal_radius=1),
+    # For tests: every code path, a few thousand parameters.
+    "srvgg-tiny-x4": UpscalerConfig(scale=4, num_feat=8, num_conv=2, temporal_radius=1),
+    "srvgg-tiny-x2": UpscalerConfig(scale=2, num_feat=8, num_conv=2, temporal_radius=1),
+}

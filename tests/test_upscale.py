@@ -1,0 +1,160 @@
+"""SRVGGUpscaler: the released Real-ESRGAN compact architecture (keys, shapes, numerics against a plain
+restatement of the published forward), the converter, temporal context, tiling, presets, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from osp.errors import ShapeError, WeightsError
+from osp.metrics import psnr
+from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, UpscaleTiling, load_upscaler
+
+
+def published_keys(num_feat: int, num_conv: int, scale: int, in_channels: int = 3) -> dict[str, tuple]:
+    """The state dict of Real-ESRGAN's ``SRVGGNetCompact(num_in_ch, 3, num_feat, num_conv, upscale,
+    act_type='prelu')``, from its published layout: body = [conv, prelu, (conv, prelu) * num_conv, conv]."""
+    keys: dict[str, tuple] = {}
+    for i in range(num_conv + 1):
+        cin = in_channels if i == 0 else num_feat
+        keys[f"body.{2 * i}.weight"] = (num_feat, cin, 3, 3)
+        keys[f"body.{2 * i}.bias"] = (num_feat,)
+        keys[f"body.{2 * i + 1}.weight"] = (num_feat,)  # PReLU, one slope per channel
+    last = 2 * (num_conv + 1)
+    keys[f"body.{last}.weight"] = (3 * scale * scale, num_feat, 3, 3)
+    keys[f"body.{last}.bias"] = (3 * scale * scale,)
+    return keys
+
+
+def published_forward(
+    state: dict[str, torch.Tensor], x: torch.Tensor, num_conv: int, scale: int
+) -> torch.Tensor:
+    """The published forward in plain torch: [0, 1] images in, [0, 1] images out."""
+    out = x
+    for i in range(num_conv + 1):
+        out = F.conv2d(out, state[f"body.{2 * i}.weight"], state[f"body.{2 * i}.bias"], padding=1)
+        out = F.prelu(out, state[f"body.{2 * i + 1}.weight"])
+    last = 2 * (num_conv + 1)
+    out = F.conv2d(out, state[f"body.{last}.weight"], state[f"body.{last}.bias"], padding=1)
+    return F.pixel_shuffle(out, scale) + F.interpolate(x, scale_factor=scale, mode="nearest")
+
+
+def random_state(keys: dict[str, tuple], seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        k: torch.randn(shape, generator=g) * (0.05 if len(shape) == 4 else 0.2) for k, shape in keys.items()
+    }
+
+
+def test_general_x4v3_has_the_published_keys() -> None:
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["realesr-general-x4v3"])
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert ours == published_keys(64, 32, 4)
+    assert sum(p.numel() for p in model.parameters()) == 1_213_296  # "~1.2M" in the release notes
+
+
+def test_converter_loads_params_ema_and_matches_the_published_forward(tmp_path: Path) -> None:
+    keys = published_keys(16, 3, 4)
+    ema, plain = random_state(keys, 0), random_state(keys, 1)
+    path = tmp_path / "realesr-small-x4.pth"
+    torch.save({"params": plain, "params_ema": ema}, path)
+    model = load_upscaler(path)
+    assert (model.config.scale, model.config.num_feat, model.config.num_conv) == (4, 16, 3)
+    assert model.config.temporal_radius == 0 and not model.training
+    x = torch.rand(2, 3, 12, 10)
+    with torch.no_grad():
+        got = model(x[:, :, None] * 2 - 1)[:, :, 0]  # (B, 3, T=1, h, w) in [-1, 1]
+    expected = published_forward(ema, x, 3, 4) * 2 - 1
+    assert torch.allclose(got, expected, atol=1e-5)
+    torch.save({"params": plain}, path)  # without EMA weights, "params" is the model
+    assert torch.equal(load_upscaler(path).body[0].weight, plain["body.0.weight"])
+
+
+def test_converter_refuses_foreign_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pth"
+    torch.save({"params": {"conv_first.weight": torch.zeros(4, 3, 3, 3)}}, bad)
+    with pytest.raises(WeightsError, match="not an SRVGGNetCompact parameter"):
+        load_upscaler(bad)
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(WeightsError, match="cannot be opened safely"):
+        load_upscaler(tmp_path / "junk.pth")
+    with pytest.raises(WeightsError, match="neither"):
+        load_upscaler(tmp_path / "missing")
+
+
+def test_temporal_window_repeats_the_edge_frames() -> None:
+    """With radius 1 the network sees (t-1, t, t+1); frame 0 sees (0, 0, 1) and the last (T-2, T-1, T-1)."""
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"]).eval()
+    video = torch.rand(1, 3, 4, 6, 6) * 2 - 1
+    with torch.no_grad():
+        out = model(video)
+        x = (video[0] + 1) / 2  # (3, T, h, w)
+        for t, (a, b, c) in enumerate([(0, 0, 1), (0, 1, 2), (1, 2, 3), (2, 3, 3)]):
+            window = torch.cat([x[:, a], x[:, b], x[:, c]])[None]  # (1, 9, h, w)
+            assert torch.allclose(out[0, :, t], model.forward_frames(window)[0] * 2 - 1, atol=1e-6)
+    # A frame's output changes when a neighbour changes: the context is really used.
+    changed = video.clone()
+    changed[:, :, 2] = -changed[:, :, 2]
+    with torch.no_grad():
+        assert not torch.allclose(model(changed)[:, :, 1], out[:, :, 1])
+        assert torch.equal(model(changed)[:, :, 0], out[:, :, 0])
+
+
+@pytest.mark.parametrize("name", sorted(UPSCALER_CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_preset_shapes_and_dtypes(name: str, dtype: torch.dtype) -> None:
+    config = UPSCALER_CONFIGS[name]
+    model = SRVGGUpscaler(config).to(dtype).eval()
+    video = (torch.rand(1, 3, 3, 8, 6) * 2 - 1).to(dtype)
+    with torch.no_grad():
+        for scale in config.scales:
+            y = model.upscale(video, scale)
+            assert y.shape == (1, 3, 3, 8 * scale, 6 * scale) and y.dtype == dtype
+
+
+def test_bf16_follows_fp32() -> None:
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-demo-x4"]).eval()
+    video = torch.rand(1, 3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        full = model(video)
+        half = model.to(torch.bfloat16)(video.bfloat16()).float()
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
+
+
+def test_scale_outside_the_models_set_is_refused() -> None:
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"])
+    assert model.config.scales == (2, 4)
+    with pytest.raises(ShapeError, match=r"scale 3: this upscaler makes x2 or x4"):
+        model.upscale(torch.zeros(1, 3, 1, 8, 8), 3)
+    with pytest.raises(ShapeError, match=r"\(B, 3, T, H, W\)"):
+        model.upscale(torch.zeros(1, 3, 8, 8))
+
+
+def test_tiled_matches_untiled() -> None:
+    """Time chunks are exact (a frame depends on its window only); space tiles cross-fade, so they are
+    close: at an overlap of 2x the receptive radius (4 convolutions -> 4 px) the seams are within 50 dB."""
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).eval()
+    video = torch.rand(1, 3, 7, 40, 36) * 2 - 1
+    with torch.no_grad():
+        whole = model(video)
+        in_time = model.upscale(video, tiling=UpscaleTiling(size=64, overlap=0, frames=3))
+        tiled = model.upscale(video, tiling=UpscaleTiling(size=16, overlap=8, frames=3))
+    assert torch.allclose(in_time, whole, atol=1e-5)
+    assert psnr(tiled, whole, data_range=2.0) > 50
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).eval()
+    folder = model.save_pretrained(tmp_path / "up", dtype=torch.float16)
+    loaded = load_upscaler(folder)
+    assert loaded.config == model.config
+    video = torch.rand(1, 3, 2, 8, 8) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(loaded(video), model.half().float()(video), atol=1e-5)

@@ -1,0 +1,133 @@
+"""``osp upscale`` and ``osp interpolate`` end to end on tiny models, and their bad inputs: one line,
+exit status 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import test_export_onnx
+import torch
+from click.testing import CliRunner
+
+from osp.cli.main import cli
+from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator
+from osp.io.samples import sample_video
+from osp.io.video import probe_video, read_video, write_gif, write_video
+from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler
+
+t2v_dir = test_export_onnx.t2v_dir  # a tiny text-to-video model folder: 9 frames of 32x48
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("finish")
+    torch.manual_seed(0)
+    SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(root / "up")
+    IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).save_pretrained(root / "rife")
+    clip = read_video(sample_video("bikes"), num_frames=5, size=(32, 48))
+    write_video(root / "clip.mp4", clip.frames, clip.fps)
+    write_gif(root / "odd.gif", clip.frames[:, :, :31, :47], clip.fps)  # mp4 files are padded to even
+    return root
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+def test_help() -> None:
+    for command in ("upscale", "interpolate"):
+        code, out = run(command, "--help")
+        assert code == 0 and "Usage:" in out
+
+
+@pytest.mark.parametrize(("scale", "size"), [(4, (128, 192)), (2, (64, 96))])
+def test_upscale_end_to_end(tmp_path: Path, assets: Path, scale: int, size: tuple[int, int]) -> None:
+    out = tmp_path / "up.mp4"
+    code, text = run("upscale", str(assets / "clip.mp4"), "-o", str(out), "--model", str(assets / "up"),
+                     "--scale", str(scale), "-q")  # fmt: skip
+    assert code == 0, text
+    info = probe_video(out)
+    assert (info.frames, info.height, info.width) == (5, *size)
+    assert info.fps == pytest.approx(probe_video(assets / "clip.mp4").fps)
+
+
+def test_upscale_tiled_from_a_released_checkpoint(tmp_path: Path, assets: Path) -> None:
+    """--weights takes a Real-ESRGAN .pth ({"params_ema": state}); --tile runs it tile by tile."""
+    state = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"].replace(temporal_radius=0)).state_dict()
+    torch.save({"params_ema": state}, tmp_path / "realesr-tiny-x2.pth")
+    out = tmp_path / "up.mp4"
+    code, text = run("upscale", str(assets / "clip.mp4"), "-o", str(out), "--weights",
+                     str(tmp_path / "realesr-tiny-x2.pth"), "--tile", "--tile-size", "24", "--tile-overlap", "8", "-q")  # fmt: skip
+    assert code == 0, text
+    assert (probe_video(out).height, probe_video(out).width) == (64, 96)
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_interpolate_end_to_end(tmp_path: Path, assets: Path, factor: int) -> None:
+    out = tmp_path / "more.mp4"
+    code, text = run("interpolate", str(assets / "clip.mp4"), "-o", str(out), "--model", str(assets / "rife"),
+                     "--factor", str(factor), "-q")  # fmt: skip
+    assert code == 0, text
+    info, source = probe_video(out), probe_video(assets / "clip.mp4")
+    assert (info.frames, info.height, info.width) == (4 * factor + 1, 32, 48)
+    assert info.fps == pytest.approx(source.fps * factor, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["upscale", "{clip}", "--model", "{up}", "--scale", "3"], "--scale 3: this upscaler makes x2 or x4"),
+        (["interpolate", "{clip}", "--model", "{rife}", "--factor", "3"], "--factor 3: this interpolator makes x2 or x4"),
+        (["upscale", "{notes}", "--model", "{up}"], "notes.mp4: not a readable video file"),
+        (["interpolate", "{odd}", "--model", "{rife}"], "odd.gif: is 47x31; width and height must be even"),
+        (["upscale", "{odd}", "--model", "{up}"], "width and height must be even"),
+        (["interpolate", "{clip}", "--model", "{up}"], "holds an upscaler, not an interpolator"),
+        (["upscale", "{clip}", "--model", "no-such-upscaler"], "no-such-upscaler is neither a folder"),
+        (["upscale", "{clip}", "--model", "{up}", "--weights", "{up}/model.safetensors"], "not both"),
+        (["upscale", "{clip}", "--model", "{up}", "--tile-size", "16", "--tile-overlap", "16"], "overlap 16 must be smaller than size 16"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, assets: Path, args: list[str], message: str
+) -> None:
+    (assets / "notes.mp4").write_text("not a video")
+    names = {"clip": assets / "clip.mp4", "odd": assets / "odd.gif", "notes": assets / "notes.mp4",
+             "up": assets / "up", "rife": assets / "rife"}  # fmt: skip
+    out = tmp_path / "out" / "x.mp4"
+    code, text = run(*[a.format(**names) for a in args], "-o", str(out), "-q")
+    assert code == 2, text
+    assert message in text and "Traceback" not in text and len(text.strip().splitlines()) == 1
+    assert not out.parent.exists()
+
+
+def test_generate_chains_interpolator_then_upscaler(tmp_path: Path, assets: Path, t2v_dir: Path) -> None:
+    """base model (9 frames, 32x48) -> x2 frames (17) -> x4 size (128x192), at twice the frame rate."""
+    out = tmp_path / "chain.mp4"
+    code, text = run("generate", "a red circle", "--model", str(t2v_dir), "--steps", "2", "-o", str(out),
+                     "--interpolate", "2", "--upscale", "4", "--interpolator", str(assets / "rife"),
+                     "--upscaler", str(assets / "up"), "-q")  # fmt: skip
+    assert code == 0, text
+    info = probe_video(out)
+    assert (info.frames, info.height, info.width, info.fps) == (17, 128, 192, pytest.approx(16.0))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upscale", "3"], "--upscale 3: this upscaler makes x2 or x4"),
+        (["--interpolate", "3"], "--interpolate 3: this interpolator makes x2 or x4"),
+        (["--upscale", "2", "--upscaler", "{rife}"], "holds an interpolator, not an upscaler"),
+    ],
+)
+def test_generate_refuses_a_bad_chain_before_sampling(
+    tmp_path: Path, assets: Path, t2v_dir: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out" / "chain.mp4"
+    names = {"rife": assets / "rife"}
+    code, text = run("generate", "a red circle", "--model", str(t2v_dir), "-o", str(out), "--upscaler",
+                     str(assets / "up"), "--interpolator", str(assets / "rife"),
+                     *[a.format(**names) for a in args], "-q")  # fmt: skip
+    assert code == 2 and message in text and "Traceback" not in text, text
+    assert not out.parent.exists()

@@ -1,0 +1,144 @@
+"""Exported upscaler and interpolator: ONNX (GridSample) and AOTInductor files checked against eager
+PyTorch at shapes they were not traced at, the engines' finishers against the eager models, refusal of
+other weights, and the onnxruntime + numpy upscaling script."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import test_export_onnx
+import torch
+from torch.torch_version import TorchVersion
+
+from osp.export.aoti import export_compiled
+from osp.export.manifest import EngineMismatchError, read_manifest
+from osp.export.onnx import export_onnx, finisher_source
+from osp.export.runtime import AotiEngine, OrtEngine
+from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator
+from osp.pipelines.finish import Finisher
+from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler
+
+pytest.importorskip("onnxruntime")
+t2v_dir = test_export_onnx.t2v_dir  # the tiny text-to-video model folder fixture (9 frames, 32x48)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def finishers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("finishers")
+    torch.manual_seed(0)
+    return {
+        "upscaler": SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(root / "up"),
+        "interpolator": IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).save_pretrained(root / "rife"),
+    }
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(t2v_dir: Path, finishers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "onnx"
+    export_onnx(t2v_dir, out, components=("interpolator", "upscaler"), finishers=dict(finishers))  # type: ignore[arg-type]
+    return out
+
+
+def test_onnx_files_match_eager_at_untraced_shapes(onnx_dir: Path, finishers: dict[str, Path]) -> None:
+    manifest = read_manifest(onnx_dir)
+    assert sorted(manifest.components) == ["interpolator", "upscaler"]
+    for name, entry in manifest.components.items():
+        assert entry.verify is not None and entry.verify.max_rel < 1e-4, name
+        assert entry.verify.sizes != entry.sample  # every dynamic axis at another size than traced
+        assert entry.build["weights_sha256"] == finisher_source(finishers[name])["weights_sha256"]
+    up = manifest.components["upscaler"]
+    assert [t.shape for t in up.outputs] == [["batch", 3, "frames", "4*height", "4*width"]]
+    assert manifest.components["interpolator"].axes["height"].multiple == 8  # rife-tiny pads to 8
+    ops = {node.op_type for node in onnx.load(str(onnx_dir / "interpolator.onnx")).graph.node}
+    assert "GridSample" in ops  # the warps are ONNX's own GridSample, not a decomposition
+
+
+def test_ort_finishers_match_the_eager_models(
+    onnx_dir: Path, t2v_dir: Path, finishers: dict[str, Path]
+) -> None:
+    engine = OrtEngine(onnx_dir, t2v_dir)
+    interpolate = engine.finisher("interpolator", finishers["interpolator"])
+    upscale = engine.finisher("upscaler", finishers["upscaler"])
+    assert interpolate is not None and upscale is not None
+    rife = IFNetInterpolator.from_pretrained(finishers["interpolator"])
+    up = SRVGGUpscaler.from_pretrained(finishers["upscaler"])
+    g = torch.Generator().manual_seed(3)
+    video = torch.rand(1, 3, 4, 30, 42, generator=g) * 2 - 1  # 30x42: padded to 32x48 and cropped back
+    with torch.no_grad():
+        torch.testing.assert_close(
+            rife.interpolate(video, 4, net=interpolate), rife.interpolate(video, 4), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(up.upscale(video, 2, net=upscale), up.upscale(video, 2), atol=1e-4, rtol=0)
+
+
+def test_the_chain_runs_on_the_exported_finishers(
+    onnx_dir: Path, t2v_dir: Path, finishers: dict[str, Path]
+) -> None:
+    """What osp generate --engine onnx --interpolate 2 --upscale 4 runs after sampling: the same frames
+    as the eager chain (to the 8-bit level)."""
+    clip = torch.randint(
+        0, 256, (5, 3, 24, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(6)
+    )
+    kwargs = {"interpolate": 2, "upscale": 4, **{k: str(v) for k, v in finishers.items()}}
+    eager = Finisher.build(**kwargs)([clip], 8.0)  # type: ignore[arg-type]
+    exported = Finisher.build(**kwargs, engine=OrtEngine(onnx_dir, t2v_dir))([clip], 8.0)  # type: ignore[arg-type]
+    assert eager[1] == exported[1] == 16.0 and exported[0][0].shape == (9, 3, 96, 128)
+    assert (eager[0][0].int() - exported[0][0].int()).abs().max() <= 1
+
+
+def test_engine_refuses_finishers_of_other_weights(onnx_dir: Path, t2v_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    other = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(tmp_path / "other")
+    with pytest.raises(EngineMismatchError, match="re-export with osp export --components upscaler"):
+        OrtEngine(onnx_dir, t2v_dir).finisher("upscaler", other)
+
+
+BLOCK_OSP_AND_TORCH = test_export_onnx.BLOCK_OSP_AND_TORCH
+
+
+def test_upscale_script_needs_neither_osp_nor_torch(
+    onnx_dir: Path, finishers: dict[str, Path], tmp_path: Path
+) -> None:
+    frames = torch.randint(
+        0, 256, (20, 12, 16, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(5)
+    )
+    np.save(tmp_path / "frames.npy", frames.numpy())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    args = [str(onnx_dir), str(tmp_path / "frames.npy"), str(tmp_path / "out.npy")]
+    proc = subprocess.run([sys.executable, "-c", BLOCK_OSP_AND_TORCH, str(ROOT / "examples" / "onnx_upscale.py"), *args],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "out.npy")
+    with torch.no_grad():  # the whole clip at once: the script's chunks (16 frames + 3 of context) are exact
+        video = SRVGGUpscaler.from_pretrained(finishers["upscaler"])(
+            frames.permute(3, 0, 1, 2)[None] / 127.5 - 1
+        )
+    expected = ((video[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+    assert got.shape == (20, 48, 64, 3)
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1  # rounding at .5 boundaries
+
+
+@pytest.mark.slow  # an Inductor C++ compile: about a minute on two cores
+@pytest.mark.skipif(TorchVersion(torch.__version__) < "2.6", reason="AOTInductor packages need torch >= 2.6")
+def test_aoti_interpolator_matches_the_eager_model(
+    t2v_dir: Path, finishers: dict[str, Path], tmp_path: Path
+) -> None:
+    """The interpolator (grid_sample, padded sizes); the upscaler is plain convolutions, which the
+    transformer and VAE packages already cover."""
+    out = tmp_path / "compiled"
+    manifest = export_compiled(t2v_dir, out, components=("interpolator",), finishers=dict(finishers))  # type: ignore[arg-type]
+    entry = manifest.components["interpolator"]
+    assert entry.verify is not None and entry.verify.max_rel < 1e-4 and entry.verify.sizes != entry.sample
+    interpolate = AotiEngine(out, t2v_dir).finisher("interpolator", finishers["interpolator"])
+    rife = IFNetInterpolator.from_pretrained(finishers["interpolator"])
+    video = torch.rand(1, 3, 3, 20, 28, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():
+        expected = rife.interpolate(video, 2)
+        torch.testing.assert_close(rife.interpolate(video, 2, net=interpolate), expected, atol=1e-4, rtol=0)

@@ -1,0 +1,177 @@
+"""``task: upscale`` and ``task: interpolate`` end to end on CPU: the degradations, overfitting a tiny
+clip past the baseline each model must beat, bit-exact resume, and bad settings."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("deepspeed", reason="training needs the train extra: pip install -e '.[train]'")
+import torch
+import yaml
+from click.testing import CliRunner
+from test_train import cli, metrics  # pytest puts tests/ on sys.path
+
+from osp.cli.train import train as train_command
+from osp.errors import ConfigError
+from osp.io.samples import sample_video
+from osp.io.video import read_video, write_video
+from osp.io.weights import load_safetensors
+from osp.metrics import psnr
+from osp.upscale import SRVGGUpscaler
+from osp_train.data import ManifestEntry, write_manifest
+from osp_train.degrade import degrade, downscale
+from osp_train.finish_config import DegradeConfig
+
+
+def moving_square(dx: int, dy: int, frames: int = 3, size: int = 32) -> torch.Tensor:
+    """(T, 3, H, W) uint8: an orange 8x8 square moving (dx, dy) pixels per frame over dark grey."""
+    video = torch.full((frames, 3, size, size), 25, dtype=torch.uint8)
+    for t in range(frames):
+        x, y = 8 + dx * t, 8 + dy * t
+        video[t, 0, y : y + 8, x : x + 8], video[t, 1, y : y + 8, x : x + 8] = 240, 150
+    return video
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("finish-train")
+    real = read_video(sample_video("bikes"), num_frames=3, size=(32, 32), start_frame=40)
+    write_video(root / "bikes.mp4", real.frames, real.fps)
+    write_manifest(root / "real.jsonl", [ManifestEntry(root / "bikes.mp4", label=0)] * 2)
+    squares = []
+    for k, (dx, dy) in enumerate([(3, 0), (0, 3), (2, 2)]):
+        squares.append(ManifestEntry(write_video(root / f"square{k}.mp4", moving_square(dx, dy), 8), label=k))
+    write_manifest(root / "squares.jsonl", squares)
+    return root
+
+
+def write_config(clips: Path, out: Path, task: str, **changes: Any) -> Path:
+    upscale = task == "upscale"
+    data: dict[str, Any] = {
+        "out": str(out),
+        "task": task,
+        "model": "srvgg-tiny-x4" if upscale else "rife-tiny",
+        "data": {"manifest": str(clips / ("real.jsonl" if upscale else "squares.jsonl")), "num_frames": 3,
+                 "size": [32, 32], "random_flip": False},
+        "batch_size": 2,
+        "steps": 40,
+        "optim": {"lr": 1e-2 if upscale else 3e-3, "warmup_steps": 2},
+        "ema_decay": 0.9,
+        "log_every": 10,
+        "checkpoint_every": 100,
+        "log_tensorboard": False,
+        "seed": 5,
+    }  # fmt: skip
+    data.update(changes)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_degradations() -> None:
+    """Clean: exactly the antialiased bicubic downscale. Degraded: smaller, blurrier, not that."""
+    clip = read_video(sample_video("bikes"), num_frames=3, size=(64, 64), start_frame=40).frames
+    clean = degrade(clip, 4, DegradeConfig(clean=1.0), random.Random(0))
+    expected = torch.nn.functional.interpolate(clip.float(), size=(16, 16), mode="bicubic", antialias=True)
+    assert clean.shape == (3, 3, 16, 16) and torch.equal(clean, expected.round().clamp(0, 255).byte())
+    assert torch.equal(clean, downscale(clip.float(), 4).round().clamp(0, 255).byte())
+    rough = DegradeConfig(clean=0.0, noise_sigma=(20.0, 20.0), crf=(40, 40))
+    a, b = degrade(clip, 4, rough, random.Random(1)), degrade(clip, 4, rough, random.Random(1))
+    assert torch.equal(a, b)  # a clip's degradation is a function of the draw
+    assert psnr(a, clean) < 30
+
+
+def test_upscaler_overfits_a_clip_past_bicubic(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "up"
+    config = write_config(
+        clips, out, "upscale", upscale={"degrade": {"clean": 1.0}, "perceptual_weight": 0.0}
+    )
+    result = cli("--config", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = metrics(out)
+    assert log[-1]["psnr"] > log[-1]["psnr_bicubic"] + 1.0, log
+    assert SRVGGUpscaler.from_pretrained(out / "ema").config.scale == 4
+
+
+def test_interpolator_overfits_moving_squares_past_blending(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "rife"
+    # Played forwards only: with reversals the same pair of inputs also comes swapped, a harder problem
+    # than a 40-step test can show learnt.
+    config = write_config(clips, out, "interpolate", interpolate={"reverse": 0.0})
+    result = cli("--config", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = metrics(out)
+    assert log[-1]["psnr"] > log[-1]["psnr_linear"] + 5.0, log
+    assert {"smooth", "l1"} <= log[-1].keys()
+
+
+def test_resume_is_bit_exact(clips: Path, tmp_path: Path) -> None:
+    """8 steps in one go == 4 steps, stop, 4 more: the degradations (blur, noise, H.264) are drawn from
+    the step's generator, so the resumed run makes the same pairs. (Interpolation draws its clip
+    reversals the same way, from the same generator.)"""
+    task = "upscale"
+    settings: dict[str, Any] = {"steps": 8, "checkpoint_every": 4, "log_every": 4}
+    settings["upscale"] = {"degrade": {"clean": 0.3, "second_order": 0.5}}
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("--config", str(write_config(clips, a, task, **settings)), "--quiet").returncode == 0
+    config_b = write_config(clips, b, task, **settings)
+    assert cli("--config", str(config_b), "--set", "steps=4", "--quiet").returncode == 0
+    result = cli("--config", str(config_b), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((b / "summary.json").read_text())["resumed_from"] == 4
+    for folder in ("model", "ema"):
+        wa = load_safetensors(a / folder / "model.safetensors")
+        wb = load_safetensors(b / folder / "model.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), folder
+    strip = [{k: v for k, v in r.items() if k != "samples_per_s"} for r in metrics(a)]
+    assert strip == [{k: v for k, v in r.items() if k != "samples_per_s"} for r in metrics(b)]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("upscale.degrade.crf=[30,20]", "upscale.degrade.crf: Value error, expected 0 <= lo <= hi"),
+        ("upscale.degrade.crf=[20,60]", "upscale.degrade.crf: Value error, libx264 takes 0..51"),
+        ("interpolate.reverse=0.1", "interpolate: only task interpolate reads it"),
+        ("upscale.scale=5", "upscale.scale"),
+    ],
+)
+def test_bad_settings_exit_2(clips: Path, tmp_path: Path, change: str, message: str) -> None:
+    config = write_config(clips, tmp_path / "bad", "upscale")
+    result = CliRunner().invoke(train_command, ["--config", str(config), "--set", change, "--dry-run"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("task", "change", "message"),
+    [
+        ("upscale", "data.size=[36,36]", "multiple of 2 * scale = 8"),
+        ("upscale", "upscale.scale=2", "upscale.scale: 2, but the model draws x4"),
+        ("upscale", "model=rife-tiny", "neither a SRVGGUpscaler preset"),
+        ("interpolate", "data.num_frames=2", "data.num_frames: 2"),
+        ("interpolate", "data.size=[36,36]", "multiple of the model's 8"),
+        ("interpolate", "model={up}", "does not hold a IFNetInterpolator"),
+    ],
+)
+def test_task_refuses_what_the_model_cannot_train(
+    clips: Path, tmp_path: Path, task: str, change: str, message: str
+) -> None:
+    """Checked when the task is built, before the first step (osp train prints the one line, exit 2)."""
+    from osp.cli.train import load_config
+    from osp_train.engine import DistInfo
+    from osp_train.finish_task import finishing_task
+
+    up = SRVGGUpscaler(SRVGGUpscaler.config_class()).save_pretrained(tmp_path / "up")
+    config = write_config(clips, tmp_path / "bad", task)
+    cfg = load_config(config, (change.format(up=up),))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        finishing_task(
+            cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")), torch.float32
+        )
