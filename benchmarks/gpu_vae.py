@@ -22,8 +22,8 @@ import torch
 
 
 def run(out: Path, budget_s: float, smoke: bool) -> dict[str, Any]:
+    from osp.layers.tiling import TilingConfig
     from osp.vae.causal_vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
-    from osp.vae.tiling import TilingConfig
 
     deadline = time.monotonic() + budget_s
     device, preset = ("cpu", "causalvae-tiny") if smoke else ("cuda", "causalvae-4x8x8")

@@ -49,10 +49,10 @@ from osp.errors import ConfigError, ShapeError
 from osp.io.samples import sample_video
 from osp.io.video import read_video, to_model
 from osp.io.weights import load_safetensors, save_safetensors
+from osp.layers.tiling import plan_axis
 from osp.metrics import psnr
 from osp.progress import ProgressDisplay
 from osp.vae import CAUSAL_VAE_CONFIGS, CausalVAEConfig, CausalVideoVAE, TilingConfig
-from osp.vae.tiling import plan_axis
 
 Mode = Literal["untiled", "tiled"]
 Stage = Literal["encode", "decode"]

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from osp.errors import ShapeError
+from osp.layers.tiling import AxisMap, axis_weights, plan_axis, tiled_apply
 from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE, TilingConfig
 from osp.vae.causal_blocks import AttnBlock3D, CausalConv3d, TimeDownsample2x, TimeUpsample2x, VideoGroupNorm
-from osp.vae.tiling import AxisMap, axis_weights, plan_axis, tiled_apply
 
 TINY = CAUSAL_VAE_CONFIGS["causalvae-tiny"]
 

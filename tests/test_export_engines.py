@@ -78,8 +78,8 @@ def test_frozen_engine_decodes_like_the_vae_and_tiles_large_clips_eagerly() -> N
     a clip within one tile equals the VAE's own ``decode_latents`` (the reference), and frozen means a
     later weight change is not seen; a clip larger than one tile goes through the VAE's tiled decode."""
     from osp.export.runtime import CompiledEngine
+    from osp.layers.tiling import TilingConfig
     from osp.vae import CAUSAL_VAE_CONFIGS, CausalVideoVAE
-    from osp.vae.tiling import TilingConfig
 
     torch.manual_seed(0)
     vae = _randomise(CausalVideoVAE(CAUSAL_VAE_CONFIGS["causalvae-tiny"]))

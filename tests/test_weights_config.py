@@ -142,3 +142,22 @@ def test_loading_problems_name_the_file(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps({**config, "_class_name": "VQVAE"}))
     with pytest.raises(WeightsError, match="holds a VQVAE, not a CausalVideoVAE"):
         CausalVideoVAE.from_pretrained(folder)
+
+
+def test_saved_weights_get_the_mode_of_any_new_file(tmp_path: Path) -> None:
+    """The temporary file behind an atomic write is 0600, and safetensors replaces it with its own file;
+    the result must still carry the usual mode (0666 less the umask), as a file opened for writing would."""
+    import os
+
+    from osp.io.weights import save_safetensors
+
+    umask = os.umask(0)
+    os.umask(umask)
+    save_safetensors({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert (
+        (tmp_path / "model.safetensors").stat().st_mode & 0o777
+        == plain.stat().st_mode & 0o777
+        == 0o666 & ~umask
+    )

@@ -28,7 +28,7 @@ from torch import nn
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.weights import Pretrained
-from osp.vae.tiling import AxisMap, tiled_apply
+from osp.layers.tiling import AxisMap, tiled_apply
 
 ProgressFn = Callable[[int, int], None]
 

@@ -9,8 +9,8 @@ import torch
 from osp.errors import WeightsError
 from osp.io.convert import convert_opensora_vae
 from osp.io.weights import CONFIG_NAME, read_config_json
+from osp.layers.tiling import TilingConfig
 from osp.vae.causal_vae import CAUSAL_VAE_CONFIGS, CausalVAEConfig, CausalVideoVAE, DiagonalGaussian
-from osp.vae.tiling import TilingConfig
 
 __all__ = [
     "CAUSAL_VAE_CONFIGS",

@@ -22,6 +22,7 @@ from torch import nn
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.weights import Pretrained
+from osp.layers.tiling import AxisMap, TilingConfig, tiled_apply
 from osp.vae.causal_blocks import (
     AttnBlock3D,
     CausalConv3d,
@@ -34,7 +35,6 @@ from osp.vae.causal_blocks import (
     TimeUpsampleRes2x,
     VideoGroupNorm,
 )
-from osp.vae.tiling import AxisMap, TilingConfig, tiled_apply
 
 ProgressFn = Callable[[int, int], None]
 TemporalDown = Literal["", "avg", "res"]

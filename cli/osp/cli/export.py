@@ -64,8 +64,10 @@ if TYPE_CHECKING:
 @click.option(
     "--components",
     default=None,
-    help="Comma-separated: transformer, vae_decoder, vae_encoder, text_encoder "
-    "(default transformer,vae_decoder,vae_encoder; tensorrt and compile: transformer,vae_decoder).",
+    help="Comma-separated: transformer, vae_decoder, vae_encoder, text_encoder, upscaler, interpolator "
+    "(default transformer,vae_decoder,vae_encoder; tensorrt and compile: transformer,vae_decoder). The "
+    "finishing components export the bundled upscaler / interpolator for osp generate --upscale / "
+    "--interpolate with this engine.",
 )
 @click.option(
     "--bundle-for",

@@ -18,6 +18,7 @@ def models(ctx: click.Context) -> None:
     from rich.table import Column, Table
 
     from osp.pipelines.bundled import DEFAULT_MODEL, bundled_models, local_models, local_models_dir
+    from osp.pipelines.finish import finishing_models
     from osp.pipelines.text_to_video import read_spec
 
     table = Table("where", "kind", "frames", "size", "sampler", "path")
@@ -29,6 +30,9 @@ def models(ctx: click.Context) -> None:
             label = f"{name} (default)" if where == "bundled" and name == DEFAULT_MODEL else name
             size = f"{spec.size[0]}x{spec.size[1]}"
             table.add_row(label, where, spec.kind, str(spec.frames), size, spec.sampler, str(path))
+    for where, finishers in finishing_models().items():  # upscalers and interpolators: no frames or sampler
+        for name, (kind, path) in finishers.items():
+            table.add_row(name, where, kind, "-", "-", "-", str(path))
     console.print(table)
     console.print(f"local models: pipeline folders in {local_models_dir()} (set OSP_MODELS to move it)")
 

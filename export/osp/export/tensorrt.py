@@ -248,7 +248,13 @@ def export_tensorrt(
             check = compare(spec.name, [e.float().cpu().numpy() for e in expected],
                             [got[s.name].float().cpu().numpy() for s in spec.outputs], tolerance, spec.check,
                             f"tensorrt {precision}")  # fmt: skip
-            build = {**key.parts(), "engine": engine_path.name, "profiles_json": json.dumps(profiles)}
+            # the ONNX entry's own build facts (a finisher's source hash among them) stay beside the engine's
+            build = {
+                **entry.build,
+                **key.parts(),
+                "engine": engine_path.name,
+                "profiles_json": json.dumps(profiles),
+            }
             entries[spec.name] = entry.replace(verify=check, build=build)
             if report is not None:
                 report(f"{spec.name}: {engine_path.name}, max abs error {check.max_abs:.2e} at {spec.check}")

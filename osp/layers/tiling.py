@@ -1,4 +1,5 @@
-"""Tiled encode/decode for video autoencoders: bounded memory for long and large videos.
+"""Tiled inference for video networks (the VAE, the upscaler, the interpolator): bounded memory for long and
+large videos.
 
 A video is cut into overlapping (time, height, width) tiles that are planned in *latent* units, so
 the same plan serves the encoder (pixels in, latents out) and the decoder (latents in, pixels out).
