@@ -10,7 +10,6 @@ tensor shapes; the block scales are the release's (1/16 .. 1 for five blocks).
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from osp.errors import WeightsError
+from osp.io.convert import load_pickled
 
 # Modules some releases train but never run at inference.
 UNUSED_PREFIXES = ("teacher.", "caltime.")
@@ -30,13 +30,7 @@ def read_flownet(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{path}: cannot be opened safely (weights_only=True refuses arbitrary pickled objects): "
-            f"{str(err).splitlines()[0]}"
-        ) from None
+    obj = load_pickled(path)
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(f"{path}: does not hold a state dict of tensors")
     state = {k.removeprefix("module."): v for k, v in obj.items()}

@@ -27,6 +27,18 @@ WEIGHT_FILE_NAMES = (
 )
 
 
+def load_pickled(path: Path, hint: str = "") -> object:
+    """A legacy pickled checkpoint opened with ``weights_only=True`` (tensors and plain containers only);
+    anything else is a WeightsError naming the file, never code run from it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        raise WeightsError(
+            f"{path}: cannot be opened safely (weights_only=True refuses arbitrary pickled objects): "
+            f"{str(err).splitlines()[0]}.{hint}"
+        ) from None
+
+
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a legacy ``.ckpt/.pt/.pth/.bin`` (Lightning or plain)."""
     path = Path(path)
@@ -38,13 +50,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise WeightsError(
             f"{path}: unknown checkpoint type (expected .safetensors or {', '.join(PICKLE_SUFFIXES)})"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{path}: cannot be opened safely (weights_only=True refuses arbitrary pickled objects): "
-            f"{str(err).splitlines()[0]}. Re-save its state_dict as .safetensors and convert that."
-        ) from None
+    obj = load_pickled(path, hint=" Re-save its state_dict as .safetensors and convert that.")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]  # PyTorch Lightning checkpoint
     elif isinstance(obj, Mapping) and isinstance(obj.get("ema"), Mapping):

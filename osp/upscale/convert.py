@@ -10,7 +10,6 @@ names are the release's. The architecture is read from the tensor shapes.
 from __future__ import annotations
 
 import math
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 
 from osp.errors import WeightsError
+from osp.io.convert import load_pickled
 
 _BODY = re.compile(r"body\.(\d+)\.(weight|bias)")
 
@@ -28,13 +28,7 @@ def read_realesrgan(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise WeightsError(
-            f"{path}: cannot be opened safely (weights_only=True refuses arbitrary pickled objects): "
-            f"{str(err).splitlines()[0]}"
-        ) from None
+    obj = load_pickled(path)
     if isinstance(obj, Mapping):
         for key in ("params_ema", "params"):
             if isinstance(obj.get(key), Mapping):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -106,30 +106,12 @@ if TYPE_CHECKING:
     show_default=True,
     help="compile --out: the device the packages are compiled for (cpu, cuda); they run only there.",
 )
-def export(
-    model_dir: Path,
-    target: str,
-    out: Path | None,
-    frames: int | None,
-    size: tuple[int, int] | None,
-    flavour: str | None,
-    opset: int | None,
-    precision: str | None,
-    components: str | None,
-    bundle_for: str | None,
-    variants: str | None,
-    mode: str,
-    dynamic: bool | None,
-    freeze: bool,
-    device: str,
-    quiet: bool,
-) -> None:
+def export(quiet: bool, **options: Any) -> None:
     """Export the --model folder for another runtime; every export ends with a parity check."""
     from osp.progress import ProgressDisplay
 
     with ProgressDisplay(enabled=not quiet) as progress:
-        _export(progress, model_dir, target, out, frames, size, flavour, opset, precision, components,
-                bundle_for, variants, mode, dynamic, freeze, device)  # fmt: skip
+        _export(progress, **options)
 
 
 def _export(

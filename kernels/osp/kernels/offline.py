@@ -27,42 +27,9 @@ import torch
 from . import _attention_triton as tri
 
 _TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_FWD_INTS = [
-    "sqb",
-    "sqh",
-    "sqm",
-    "skb",
-    "skh",
-    "skn",
-    "svb",
-    "svh",
-    "svn",
-    "sob",
-    "soh",
-    "som",
-    "smb",
-    "H",
-    "Lq",
-    "Lk",
-]
-_BWD_INTS = [
-    "sqb",
-    "sqh",
-    "sqm",
-    "skb",
-    "skh",
-    "skn",
-    "svb",
-    "svh",
-    "svn",
-    "sdb",
-    "sdh",
-    "sdm",
-    "smb",
-    "H",
-    "Lq",
-    "Lk",
-]
+_QKV_STRIDES = ["sqb", "sqh", "sqm", "skb", "skh", "skn", "svb", "svh", "svn"]
+_FWD_INTS = [*_QKV_STRIDES, "sob", "soh", "som", "smb", "H", "Lq", "Lk"]  # + the output's strides
+_BWD_INTS = [*_QKV_STRIDES, "sdb", "sdh", "sdm", "smb", "H", "Lq", "Lk"]  # + the output gradient's
 
 
 @dataclass(frozen=True)
