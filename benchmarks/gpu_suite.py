@@ -92,8 +92,9 @@ def _aoti(tmp: Path, smoke: bool) -> list[str] | None:
     if smoke:
         return None
     pkg, video = tmp / "packages", tmp / "aoti.mp4"
-    export = f"osp export --model {BUNDLED} --target compile --device cuda --out {pkg}"
-    generate = (f"osp generate 'a red circle moving left on a black background' --model {BUNDLED} "
+    osp = f"{PY} -P -m osp.cli"  # not installed there: no `osp` script, and -P keeps the root osp/ off sys.path
+    export = f"{osp} export --model {BUNDLED} --target compile --device cuda --out {pkg}"
+    generate = (f"{osp} generate 'a red circle moving left on a black background' --model {BUNDLED} "
                 f"--engine compile --engine-dir {pkg} --device cuda -q -o {video}")  # fmt: skip
     timed = f"s=$(date +%s.%N); {generate}; e=$(date +%s.%N)"
     script = (f"set -e; s0=$(date +%s.%N); {export}; e0=$(date +%s.%N); {timed}; "

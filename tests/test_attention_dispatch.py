@@ -192,10 +192,14 @@ def test_norm_fuses_where_measured_faster(fake_gpu: Path, monkeypatch: pytest.Mo
         shapes = ((2, rows // 2, 16), (2, 1, 16), (2, 1, 16))
         return [torch.randn(*s, dtype=torch.bfloat16, requires_grad=grad) for s in shapes]
 
+    torch.manual_seed(0)
     x, shift, scale = inputs(64)
     assert fused_calls(monkeypatch, lambda: modulated_norm(norm, x, shift, scale)) == 1
-    want = F.layer_norm(x, (16,), eps=1e-6) * (1 + scale) + shift
-    torch.testing.assert_close(modulated_norm(norm, x, shift, scale), want)
+    x32, shift32, scale32 = x.float(), shift.float(), scale.float()
+    want = F.layer_norm(x32, (16,), eps=1e-6) * (1 + scale32) + shift32  # fp32, rounded once below
+    got = modulated_norm(norm, x, shift, scale)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.bfloat16().float(), atol=2e-2, rtol=2e-2)
     assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(100))) == 1  # in [32, 128)
     assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(200))) == 0  # unmeasured
     assert fused_calls(monkeypatch, lambda: modulated_norm(norm, *inputs(64, grad=True))) == 0  # training
@@ -209,13 +213,13 @@ def test_norm_fuses_where_measured_faster(fake_gpu: Path, monkeypatch: pytest.Mo
 @pytest.mark.parametrize(
     ("head_dim", "length", "training", "fastest"),
     [
-        (72, 1024, False, "sdpa-cudnn"),  # 328 TFLOP/s against osp's 100 and flash's 216
+        (72, 1024, False, "sdpa"),  # forward ms: SDPA's own choice 0.233, cuDNN 0.236, osp 0.328
         (72, 16384, True, "sdpa-cudnn"),
-        (72, 17, False, "osp"),  # 17 latent frames fall in L 16's range: osp 11.7 against flash 4.1
+        (72, 17, False, "osp"),  # 17 latent frames fall in L 9-23: osp 0.151 against SDPA's 0.690
         (72, 17, True, "osp"),
-        (72, 64, False, "sdpa-flash"),  # 51.6 against osp's 42.2
-        (64, 4096, False, "sdpa-cudnn"),  # 464 against osp's 346
-        (64, 1024, False, "osp"),  # cuDNN was not measured there: 309 against flash's 277
+        (72, 64, False, "osp"),  # L 45-91: osp 0.116 against flash's 0.187
+        (64, 4096, False, "sdpa"),  # 0.581 against cuDNN's 0.599 and osp's 0.693
+        (64, 1024, False, "sdpa"),  # 0.162 against osp's 0.198
     ],
 )
 def test_the_h200_table_ranks_as_its_baseline_measured(
@@ -232,8 +236,8 @@ def test_the_h200_table_leaves_unmeasured_cases_to_the_defaults() -> None:
     dispatch_table.reset()
     rank = dispatch_table.attention_ranking
     assert rank("NVIDIA H200", torch.float16, 72, 1024, 1024, False, False) == ()
-    assert rank("NVIDIA H200", torch.bfloat16, 72, 256, 256, False, False) == ()  # below the first range
-    assert rank("NVIDIA H200", torch.bfloat16, 72, 1024, 120, True, False) == ()  # cross: not measured
+    assert rank("NVIDIA H200", torch.bfloat16, 72, 100, 100, False, False) == ()  # below the first range
+    assert rank("NVIDIA H200", torch.bfloat16, 64, 1024, 120, True, False) == ()  # cross at 64: not measured
     norm = dispatch_table.norm_ranking
     assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, False) == ("osp", "torch")
     assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, True) == ()  # training: not measured
