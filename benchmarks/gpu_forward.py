@@ -125,7 +125,9 @@ class Run:
         self.out, self.smoke = out, smoke
         self.deadline = time.monotonic() + budget_s
         self.device = "cpu" if smoke else "cuda"
-        self.preset = "latte-t2v-tiny" if smoke else "latte-t2v-xl/2"
+        # diffusers implements Latte-1's temporal position table; osp's latte-t2v-xl/2 scales it as
+        # Open-Sora-Plan does (temporal_interpolation_scale 3): same compute, other outputs
+        self.preset = "latte-t2v-tiny" if smoke else "latte-t2v-xl/2-latte1"
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         self.res: dict[str, Any] = {
             "gpu": gpu,

@@ -92,7 +92,8 @@ def _aoti(tmp: Path, smoke: bool) -> list[str] | None:
     if smoke:
         return None
     pkg, video = tmp / "packages", tmp / "aoti.mp4"
-    osp = f"{PY} -P -m osp.cli"  # not installed there: no `osp` script, and -P keeps the root osp/ off sys.path
+    # not installed there: no `osp` script; -P keeps the repository root (its osp/) off sys.path
+    osp = f"{PY} -P -m osp.cli"
     export = f"{osp} export --model {BUNDLED} --target compile --device cuda --out {pkg}"
     generate = (f"{osp} generate 'a red circle moving left on a black background' --model {BUNDLED} "
                 f"--engine compile --engine-dir {pkg} --device cuda -q -o {video}")  # fmt: skip

@@ -119,6 +119,33 @@ def test_latte1_preset_matches_diffusers_parameter_count() -> None:
     assert set(ours.state_dict()) == set(reference.state_dict())
 
 
+def test_latte1_widths_match_diffusers_outputs() -> None:
+    """The released XL widths (16 heads of 72, 4096-wide captions), two blocks: diffusers' outputs.
+    Open-Sora-Plan's latte-t2v-xl/2 differs from it only in its temporal position table (scale 3)."""
+    cfg = LATTE_T2V_CONFIGS["latte-t2v-xl/2-latte1"].replace(num_layers=2, video_length=5, sample_size=8)
+    torch.manual_seed(0)
+    reference = LatteTransformer3DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=2,
+        cross_attention_dim=1152, attention_bias=True, sample_size=8, patch_size=2,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, video_length=5,
+    ).eval()  # fmt: skip
+    ours = LatteT2V.from_state_dict(cfg, reference.state_dict()).eval()
+    g = torch.Generator().manual_seed(1)
+    x, t, context = (
+        torch.randn(2, 4, 5, 8, 8, generator=g),
+        torch.tensor([10.0, 700.0]),
+        torch.randn(2, 7, 4096, generator=g),
+    )
+    with torch.no_grad():
+        expected = reference(x, timestep=t, encoder_hidden_states=context, return_dict=False)[0]
+        torch.testing.assert_close(ours(x, t, context), expected, rtol=1e-4, atol=1e-4)
+        scaled = LatteT2V.from_state_dict(
+            cfg.replace(temporal_interpolation_scale=3.0), reference.state_dict()
+        )
+        assert (scaled.eval()(x, t, context) - expected).abs().max() > 0.01
+
+
 def test_caption_mask_equals_dropping_the_padding() -> None:
     model = tiny()
     x, t, context = inputs()
