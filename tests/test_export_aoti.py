@@ -155,7 +155,7 @@ def test_packages_built_elsewhere_or_for_other_shapes_are_refused(
         ([*gen, "--engine", "compile", "--engine-dir", str(package_dir), "--frames", "161"], "latent_frames"),
         ([*gen, "--engine", "compile", "--engine-dir", str(t2v_dir)], "not an osp export folder"),
         ([*export, "--precision", "fp16"], "--precision: compiled packages are fp32 or bf16"),
-        ([*export, "--components", "upscaler"], "components: unknown upscaler"),
+        ([*export, "--components", "refiner"], "components: unknown refiner"),
         ([*export, "--device", "mps"], "--device mps: packages are compiled for cpu or cuda"),
         ([*export, "--device", "banana"], "--device: 'banana' is not a device"),
         (["export", "--model", str(t2v_dir), "--out", str(tmp_path / "x"), "--device", "cuda"],
