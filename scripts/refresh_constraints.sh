@@ -28,7 +28,7 @@ echo "$torch_pin" > "$scratch/torch.txt"  # everything else moves to its newest 
 pip install --quiet -c "$scratch/torch.txt" --upgrade --upgrade-strategy eager -e ".[dev,train]"
 pip freeze --exclude-editable > "$scratch/freeze.txt"
 echo "newest set: $(wc -l < "$scratch/freeze.txt") packages; running the test suite"
-if ! python -m pytest -q -p no:cacheprovider > "$log" 2>&1; then
+if ! python -m pytest -q -p no:cacheprovider --durations=40 > "$log" 2>&1; then
     tail -n 30 "$log"
     echo "the suite failed with the newest versions: constraints.txt unchanged"
     keep=1

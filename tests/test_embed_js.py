@@ -99,9 +99,11 @@ def _bundle_key() -> str:
 
 
 @pytest.fixture(scope="session")
-def bundle(request: pytest.FixtureRequest) -> Path:
-    """`osp export --bundle-for web` of the bundled model with every variant (cached across runs)."""
-    cache = Path(request.config.cache.mkdir("osp-embed-bundle"))
+def bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`osp export --bundle-for web` of the bundled model with every variant (cached across runs unless
+    pytest runs with ``-p no:cacheprovider``)."""
+    store = getattr(request.config, "cache", None)
+    cache = Path(store.mkdir("osp-embed-bundle")) if store else tmp_path_factory.mktemp("osp-embed-bundle")
     folder = cache / _bundle_key()
     if not (folder / "manifest.json").is_file():
         for old in cache.iterdir():
