@@ -22,9 +22,12 @@ from osp.pipelines.text_to_video import TextToVideo, load_pipeline
 run = test_export_onnx.run
 t2v_dir = test_export_onnx.t2v_dir  # the tiny text-to-video model folder fixture, shared
 
-pytestmark = pytest.mark.skipif(
-    TorchVersion(torch.__version__) < "2.6", reason="AOTInductor packages need torch >= 2.6"
-)
+pytestmark = [
+    pytest.mark.slow,  # Inductor C++ compiles of every component: about 4 minutes on two cores
+    pytest.mark.skipif(
+        TorchVersion(torch.__version__) < "2.6", reason="AOTInductor packages need torch >= 2.6"
+    ),
+]
 
 
 @pytest.fixture(scope="module")
