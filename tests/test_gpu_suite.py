@@ -3,10 +3,14 @@ preset), so a GPU session finds a suite that already works."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +41,17 @@ def test_smoke_run_merges_each_parts_results(tmp_path: Path) -> None:
 def test_unknown_part_is_refused(tmp_path: Path) -> None:
     done = suite("--out", str(tmp_path), "--parts", "forward,warp")
     assert done.returncode == 2 and "unknown part(s) warp" in done.stderr
+
+
+def test_aoti_part_names_what_it_lacks_instead_of_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without PyAV (a GPU image prepared with --no-av) the aoti part is skipped with its reason."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    gpu_suite = importlib.import_module("gpu_suite")
+    assert isinstance(gpu_suite._aoti(tmp_path, smoke=False), list)  # everything it needs is installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "av" else real(name, *args)
+    )
+    assert gpu_suite._aoti(tmp_path, smoke=False) == "cannot run here: needs av"

@@ -13,18 +13,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import av
-import av.error
 import numpy as np
 import torch
 import torch.nn.functional as F
-from av.video.reformatter import Interpolation
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
 from osp.errors import ShapeError, VideoReadError
 from osp.io.weights import atomic_path
+
+if TYPE_CHECKING:
+    import av.container
+    import av.video.stream
 
 # Suffixes read with Pillow as 1-frame videos; everything else goes to FFmpeg.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -34,12 +35,27 @@ STILL_FPS = 1.0
 _RESIZE_CHUNK = 16
 # swscale's default YUV<->RGB path is biased by about -1 level per channel (measured: -1.2 mean error on
 # an RGB->yuv420p->RGB round trip, 44 dB); accurate rounding + full chroma interpolation removes the bias
-# (0.01 mean, 53 dB) for ~25% more conversion time.
-_SWS = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
+# (0.01 mean, 53 dB) for ~25% more conversion time: the flags sws_flags() gives.
 # AVCOL_SPC_SMPTE170M / AVCOL_PRI_SMPTE170M / AVCOL_TRC_SMPTE170M / AVCOL_RANGE_MPEG: BT.601 limited
 # range, which is what swscale converts with when a file carries no colour tags.
 _BT601_TAGS = {"colorspace": 6, "color_primaries": 6, "color_trc": 6, "color_range": 1}
 _PIL_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError)
+
+
+def _av() -> Any:
+    """PyAV, imported when a video is first read or written: importing osp (a model, a pipeline, the
+    training loop) needs no FFmpeg libraries, only touching a video file does."""
+    import av
+    import av.error
+
+    return av
+
+
+def sws_flags() -> Any:
+    """swscale flags for osp's RGB <-> YUV conversions (PyAV's ``interpolation=``)."""
+    from av.video.reformatter import Interpolation
+
+    return Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT
 
 
 # eq=False: a generated __eq__ would compare tensors with ==, whose truth value is ambiguous.
@@ -96,6 +112,7 @@ def _is_image(path: Path) -> bool:
 
 
 def _open_container(path: Path) -> av.container.InputContainer:
+    av = _av()
     try:
         container = av.open(str(path), mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as err:
@@ -125,6 +142,7 @@ def probe_video(path: str | Path) -> VideoInfo:
     When the container does not store a frame count (``stream.frames == 0``, e.g. webm or gif), it is
     estimated as ``round(duration * fps)`` and ``frames_exact`` is False.
     """
+    av = _av()
     path = Path(path)
     _check_file(path)
     if _is_image(path):
@@ -181,6 +199,8 @@ def read_video(
     frames are never returned silently. ``size`` resizes and center-crops, see :func:`resize_crop`.
     Still images (png, jpg, ...) are 1-frame videos at :data:`STILL_FPS`.
     """
+    av = _av()
+    sws = sws_flags()
     path = Path(path)
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1 or None, got {num_frames}")
@@ -219,7 +239,7 @@ def read_video(
             decoded += 1
             target = _target_index(len(picked), start_frame, step)
             if target == index:
-                rgb = frame if container is None else frame.to_ndarray(format="rgb24", interpolation=_SWS)
+                rgb = frame if container is None else frame.to_ndarray(format="rgb24", interpolation=sws)
                 tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # (C, H, W)
                 while target == index and (num_frames is None or len(picked) < num_frames):
                     picked.append(tensor)  # the same frame repeats when target_fps > source fps
@@ -346,6 +366,8 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float | Fraction, *
     An odd width or height is padded to even by repeating the last row/column, so the file can be one
     pixel larger than ``frames``. ``crf`` 18 is visually lossless; lower is larger and closer.
     """
+    av = _av()
+    sws = sws_flags()
     _check_frames(frames)
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
@@ -369,7 +391,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float | Fraction, *
                 setattr(stream.codec_context, name, value)  # so players convert back with the same matrix
             for i, array in enumerate(_hwc(frames)):
                 frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-                frame = frame.reformat(format="yuv420p", dst_colorspace="itu601", interpolation=_SWS)
+                frame = frame.reformat(format="yuv420p", dst_colorspace="itu601", interpolation=sws)
                 frame.pts = i
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))  # flush the encoder's delayed frames
