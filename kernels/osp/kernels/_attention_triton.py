@@ -367,9 +367,9 @@ def fwd_config(lq: int, lk: int, head_dim: int, dtype: torch.dtype = torch.bfloa
     Temporal attention (Lk <= 64) fits all keys in one tile, so the loop runs once and the kernel is a
     single pass over memory; spatial attention streams 64-key tiles past 128 queries. Up to 80 columns
     (head dim 72 is 64 + 16) one warpgroup owns the 128 rows: on an H200 it ran at 343 TFLOP/s against
-    270 for two warpgroups at head dim 72, L 4096 (benchmarks/attention_tune.py). fp32 tiles are smaller: twice the bytes per element, and without TF32 its
-    dots are FMAs in registers. Every configuration here compiles for sm_90 without register spills
-    (tests/kernels/test_kernel_sm90.py).
+    270 for two warpgroups at head dim 72, L 4096 (benchmarks/attention_tune.py). fp32 tiles are
+    smaller: twice the bytes per element, and without TF32 its dots are FMAs in registers. Every
+    configuration here compiles for sm_90 without register spills (tests/kernels/test_kernel_sm90.py).
     """
     dims = dict(zip(("D0", "D1"), split_head_dim(head_dim), strict=True))
     width = dims["D0"] + dims["D1"]
