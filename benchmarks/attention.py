@@ -270,14 +270,22 @@ def dispatch_json(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def install_dispatch(table: dict[str, Any]) -> Path:
-    """Write ``table`` as its GPU's file, keeping the entries of dtypes it does not cover."""
+    """Write ``table`` as its GPU's file. Entries it does not cover stay: other dtypes, and a part
+    (attention or modulate_norm) a time-limited run did not reach for its dtype; ``measured`` then names
+    where the kept part came from."""
     path = dispatch_table.table_path(table["gpu"])
     if path.is_file():
         old = json.loads(path.read_text())
-        new_dtypes = set(table["measured"])
         for part in ("attention", "modulate_norm"):
-            table[part] = [e for e in old[part] if e["dtype"] not in new_dtypes] + table[part]
-        table["measured"] = {k: v for k, v in old["measured"].items() if k not in new_dtypes} | table[
+            covered = {e["dtype"] for e in table[part]}
+            kept = [e for e in old[part] if e["dtype"] not in covered]
+            for dtype in sorted({e["dtype"] for e in kept} & set(table["measured"])):
+                earlier = old["measured"].get(dtype, {})
+                table["measured"][dtype][f"{part}_from"] = earlier.get(f"{part}_from") or {
+                    k: v for k, v in earlier.items() if not k.endswith("_from")
+                }
+            table[part] = kept + table[part]
+        table["measured"] = {k: v for k, v in old["measured"].items() if k not in table["measured"]} | table[
             "measured"
         ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,13 +338,23 @@ def main(out: Path, dtype: str, budget_s: float, write_dispatch: bool, from_resu
             return
         _save(out, data)
 
-    for head_dim in HEAD_DIMS:
-        for case in CASES:
-            label = f"attention {case[0]} Lq {case[2]} Lk {case[3]} D {head_dim}"
-            part(label, data["attention"].append, time_attention, case, head_dim)
-    for shape, transposed in NORM_SHAPES:
-        label = f"modulate-norm {shape}" + (" transposed" if transposed else "")
-        part(label, data["modulate_norm"].append, time_norm, shape, transposed)
+    def attentions(head_dims: tuple[int, ...]) -> None:
+        for head_dim in head_dims:
+            for case in CASES:
+                label = f"attention {case[0]} Lq {case[2]} Lk {case[3]} D {head_dim}"
+                part(label, data["attention"].append, time_attention, case, head_dim)
+
+    def norms(shapes: list[tuple[tuple[int, ...], bool]]) -> None:
+        for shape, transposed in shapes:
+            label = f"modulate-norm {shape}" + (" transposed" if transposed else "")
+            part(label, data["modulate_norm"].append, time_norm, shape, transposed)
+
+    # What a short budget most needs first: the released models' head dim, the norm's three benchmark
+    # shapes, then the other head dims and row counts.
+    attentions(HEAD_DIMS[:1])
+    norms(NORM_SHAPES[:3])
+    attentions(HEAD_DIMS[1:])
+    norms(NORM_SHAPES[3:])
     for shape in TILE_SHAPES:
         part(f"tiles {shape}", data["modulate_norm_tiles"].extend, time_tiles, shape)
     header, table, notes = report(data)

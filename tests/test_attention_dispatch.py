@@ -242,3 +242,37 @@ def test_the_h200_table_leaves_unmeasured_cases_to_the_defaults() -> None:
     assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, False) == ("osp", "torch")
     assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 17 * 1024, True) == ()  # training: not measured
     assert norm("NVIDIA H200", torch.bfloat16, 1152, 2 * 5 * 256, False) == ()
+
+
+def test_a_partial_run_replaces_what_it_measured_and_keeps_the_rest(
+    fake_gpu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """benchmarks/attention.py --write-dispatch after a time-limited run that measured attention but
+    not the norm: the new attention rows replace the old, the old norm rows and fp16 rows stay, and the
+    file says where the kept norm rows came from."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("attention")
+    norm_row = {"dtype": "bf16", "channels": 16, "rows": 64, "forward_ms": {"osp": 1.0, "torch": 2.0}}
+    old = dispatch_table.build_table(
+        FAKE_GPU,
+        {"bf16": {"source": "first run"}, "fp16": {"source": "fp16 run"}},
+        [attention_row("spatial", 64, {"fake-a": 1.0, "sdpa": 2.0}),
+         attention_row("spatial", 64, {"fake-a": 1.0, "sdpa": 2.0}, dtype="fp16")],
+        [norm_row],
+    )  # fmt: skip
+    dispatch_table.table_path(FAKE_GPU).write_text(json.dumps(old))
+    new = dispatch_table.build_table(
+        FAKE_GPU,
+        {"bf16": {"source": "second run"}},
+        [attention_row("spatial", 64, {"fake-a": 3.0, "sdpa": 2.0})],
+        [],
+    )
+    path = bench.install_dispatch(new)
+    dispatch_table.reset()
+    assert dispatch_table.attention_ranking(FAKE_GPU, torch.bfloat16, 16, 64, 64, False, False)[0] == "sdpa"
+    assert dispatch_table.attention_ranking(FAKE_GPU, torch.float16, 16, 64, 64, False, False)[0] == "fake-a"
+    assert dispatch_table.norm_ranking(FAKE_GPU, torch.bfloat16, 16, 64, False) == ("osp", "torch")
+    measured = json.loads(path.read_text())["measured"]
+    assert measured["bf16"]["source"] == "second run"
+    assert measured["bf16"]["modulate_norm_from"] == {"source": "first run"}
+    assert measured["fp16"] == {"source": "fp16 run"} and "attention_from" not in measured["bf16"]
