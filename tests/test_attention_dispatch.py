@@ -156,7 +156,7 @@ def test_the_choice_is_looked_up_once_per_shape(fake_gpu: Path, monkeypatch: pyt
     assert len(lookups) == 2
 
 
-def test_forced_backends_and_graphs_bypass_the_table(fake_gpu: Path) -> None:
+def test_forced_backends_and_exported_graphs_bypass_the_table(fake_gpu: Path) -> None:
     q, k, v = qkv(64, torch.float32)
     write_table(fake_gpu, [attention_row("spatial", 64, {"fake-a": 1.0, "sdpa": 2.0}, dtype="fp32")])
     want = F.scaled_dot_product_attention(q, k, v)
@@ -164,9 +164,38 @@ def test_forced_backends_and_graphs_bypass_the_table(fake_gpu: Path) -> None:
         torch.testing.assert_close(attention(q, k, v), want)
         assert ran(attention(q, k, v, backend="fake-unmasked")) == "fake-unmasked"
     assert ran(attention(q, k, v)) == "fake-a"
+
+    class Attend(nn.Module):
+        def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return attention(q, k, v)
+
+    exported = torch.export.export(Attend(), (q, k, v))  # a graph that leaves the process: SDPA
+    assert "scaled_dot_product_attention" in str(exported.graph)
+    torch.testing.assert_close(exported.module()(q, k, v), want)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiled_graphs_keep_the_measured_choice(fake_gpu: Path, dynamic: bool) -> None:
+    """torch.compile graphs run the backend the table picks for each shape: with symbolic sizes the
+    range checks become guards, so a length in another range recompiles with that range's winner."""
+    write_table(fake_gpu, [attention_row("temporal", 16, {"fake-a": 1.0, "sdpa": 2.0}),
+                           attention_row("spatial", 1024, {"sdpa": 1.0, "fake-a": 2.0})])  # fmt: skip
     torch._dynamo.reset()
-    compiled = torch.compile(lambda q, k, v: attention(q, k, v), fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(q, k, v), want)  # while tracing: SDPA, which graphs understand
+    compiled = torch.compile(
+        lambda q, k, v: attention(q, k, v), fullgraph=True, backend="eager", dynamic=dynamic
+    )
+    picks = {}
+    for n in (16, 20, 1024, 900, 12, 5000):
+        q, k, v = qkv(n)
+        picks[n] = ran(compiled(q, k, v))
+        assert picks[n] == ran(attention(q, k, v))
+    # lone points cover a factor of 2 each way: 16 -> [8, 32), 1024 -> [512, 2048); 5000: unmeasured
+    assert picks == {16: "fake-a", 20: "fake-a", 1024: "real", 900: "real", 12: "fake-a", 5000: "real"}
+    masked = torch.compile(
+        lambda q, k, v, m: attention(q, k, v, m), fullgraph=True, backend="eager", dynamic=dynamic
+    )
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    assert ran(masked(*qkv(16), mask)) == "real"  # nobody measured it masked: SDPA inside the graph too
 
 
 # ------------------------------------------------------------------------------------- modulate-norm
@@ -276,3 +305,26 @@ def test_a_partial_run_replaces_what_it_measured_and_keeps_the_rest(
     assert measured["bf16"]["source"] == "second run"
     assert measured["bf16"]["modulate_norm_from"] == {"source": "first run"}
     assert measured["fp16"] == {"source": "fp16 run"} and "attention_from" not in measured["bf16"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("length", [17, 1024], ids=["temporal", "spatial"])
+def test_compiled_graphs_run_the_backend_eager_picks_on_this_gpu(length: int) -> None:
+    """XL/2's head dim: Inductor's graph holds osp's op exactly where the shipped table has eager pick osp."""
+    dispatch_table.reset()
+    q, k, v = (torch.randn(64, 16, length, 72, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    eager_pick = select_backend(q, k, v).name
+    graphs: list[str] = []
+
+    def recording(gm: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> Any:
+        graphs.append(str(gm.graph))
+        from torch._inductor.compile_fx import compile_fx
+
+        return compile_fx(gm, inputs)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: attention(q, k, v), fullgraph=True, backend=recording)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(q, k, v), attention(q, k, v), atol=2e-2, rtol=2e-2)
+    assert ("osp.attention" in graphs[0]) == (eager_pick == "osp"), (eager_pick, graphs[0])

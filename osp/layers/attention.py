@@ -3,10 +3,11 @@
 Every model calls :func:`attention`. It runs one backend of a registry; each backend declares which
 inputs it accepts (device, dtype, head dim, mask). Which one runs is measured, not ranked: on a CUDA GPU,
 the fastest backend that accepts the call among those timed on that GPU model for the call's shape class
-(``osp.layers.dispatch_table``, written by ``benchmarks/attention.py``). Everywhere else (the CPU, a GPU
-or shape nobody measured) and while torch.compile / torch.export trace a graph it is PyTorch's SDPA, which
-accepts everything and which compilers and exporters understand. Exporters that want osp's single
-attention op in the graph force it with ``forced_backend("osp")``.
+(``osp.layers.dispatch_table``, written by ``benchmarks/attention.py``), also inside graphs torch.compile
+records (the choice is made while Dynamo traces, guarded on the shape's range). Everywhere else (the CPU,
+a GPU or shape nobody measured) and while torch.export / torch.jit.trace record a graph that leaves the
+process it is PyTorch's SDPA, which accepts everything and which compilers and exporters understand.
+Exporters that want osp's single attention op in the graph force it with ``forced_backend("osp")``.
 
 Registered backends: ``sdpa`` (SDPA choosing its own kernel), ``sdpa-cudnn`` / ``sdpa-flash`` /
 ``sdpa-efficient`` (SDPA held to one kernel; the math kernel stands in if that one refuses the inputs),
@@ -82,7 +83,7 @@ def select_backend(
 ) -> Backend:
     """The backend :func:`attention` runs for these inputs when none is forced."""
     if dispatch_table.tracing():
-        return _BACKENDS["sdpa"]
+        return _traced_choice(q, k, v, mask) if dispatch_table.compiling() else _BACKENDS["sdpa"]
     training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     mask_key = None if mask is None else (mask.dtype, mask.shape)
     key = (q.device, q.dtype, k.dtype, v.dtype, q.shape, k.shape, v.shape, mask_key, training)
@@ -104,6 +105,19 @@ def _measured_choice(
             backend = _BACKENDS.get(name)
             if backend is not None and backend.supports(q, k, v, mask):
                 return backend
+    return _BACKENDS["sdpa"]
+
+
+def _traced_choice(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> Backend:
+    """The measured choice while torch.compile traces (no per-shape cache: Dynamo's guards are the cache)."""
+    training = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    ranking = dispatch_table.traced_attention_ranking(
+        q.device, q.dtype, q.shape[-1], q.shape[2], k.shape[2], mask is not None, training
+    )
+    for name in ranking:
+        backend = _BACKENDS.get(name)
+        if backend is not None and backend.supports(q, k, v, mask):
+            return backend
     return _BACKENDS["sdpa"]
 
 

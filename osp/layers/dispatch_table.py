@@ -183,6 +183,51 @@ def attention_ranking(
     return ()
 
 
+def compiling() -> bool:
+    """True while torch.compile's Dynamo records a graph that runs in this process on the device it was
+    traced for; False under torch.export and torch.jit.trace, whose graphs leave it (and on torch < 2.7,
+    where an export cannot be told from a compile)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.7
+    return (
+        is_exporting is not None
+        and torch.compiler.is_compiling()
+        and not is_exporting()
+        and not torch.jit.is_tracing()
+    )
+
+
+@torch.compiler.assume_constant_result
+def attention_rows(device_type: str, device_index: int) -> tuple[tuple[Any, ...], ...]:
+    """The attention entries measured on this device's GPU as plain tuples, (dtype, head dim, masked,
+    lq low, lq high, lk low, lk high, forward ranking, training ranking); () off CUDA or unmeasured.
+    Dynamo runs this once per trace and keeps the result in the graph as a constant."""
+    gpu = gpu_for(torch.device(device_type) if device_index < 0 else torch.device(device_type, device_index))
+    table = load_table(gpu) if gpu is not None else None
+    return tuple(
+        (e.dtype, e.head_dim, e.masked, *e.lq, *e.lk, e.forward, e.training)
+        for e in (table.attention if table is not None else ())
+    )
+
+
+def traced_attention_ranking(
+    device: torch.device, dtype: torch.dtype, head_dim: int, lq: int, lk: int, masked: bool, training: bool
+) -> tuple[str, ...]:
+    """:func:`attention_ranking` for code Dynamo traces. Sizes may be symbolic: each comparison with a
+    range then becomes a guard, so a size leaving the range recompiles the graph with that size's choice."""
+    name = DTYPE_NAMES.get(dtype)
+    index = -1 if device.index is None else device.index
+    for dt, hd, m, lq_low, lq_high, lk_low, lk_high, forward, train in attention_rows(device.type, index):
+        if (
+            dt == name
+            and m == masked
+            and hd == head_dim
+            and lq_low <= lq < lq_high
+            and lk_low <= lk < lk_high
+        ):
+            return train if training else forward
+    return ()
+
+
 def norm_ranking(gpu: str, dtype: torch.dtype, channels: int, rows: int, training: bool) -> tuple[str, ...]:
     """``("osp", "torch")`` or the reverse where the modulate-norm was measured on ``gpu``; else ()."""
     table = load_table(gpu)
