@@ -3,9 +3,11 @@
     python benchmarks/attention_tune.py --out DIR [--budget-s 60]
 
 For Latte-XL's shapes (head dim 72; 64 for comparison; 16 heads, bf16) it times the forward kernel over a
-grid of tile configurations and the backward kernels over a smaller grid, and reports each shape's
-fastest configuration beside the one the launchers pick today (``fwd_config`` / ``bwd_config``), in
-TFLOP/s. A configuration that fails to compile or launch (too much shared memory) is recorded as such.
+grid of tile configurations and each backward kernel (dK/dV, dQ) over a smaller grid with the other one
+held at its default, and reports each shape's fastest configuration beside the one the launchers pick
+today (``fwd_config`` / ``bwd_config``), in TFLOP/s of the whole backward. A configuration that fails to
+compile or launch (too much shared memory) is recorded as such. The shapes run in the order a short
+session most needs: the head-dim-72 backward (never swept yet), the temporal forwards, then the rest.
 Writes ``<out>/attention_tune.json`` after every shape; exits 0 with a message without CUDA.
 """
 
@@ -21,8 +23,9 @@ import click
 import torch
 
 HEADS = 16
-FWD_SHAPES = [(4, 4096, 72), (16, 1024, 72), (4, 4096, 64), (1024, 32, 72), (2048, 16, 72)]  # (rows, L, D)
-BWD_SHAPES = [(4, 4096, 72), (4, 4096, 64)]
+# (kind, rows, L, D), in order of need
+SHAPES = [("bwd", 4, 4096, 72), ("fwd", 1024, 32, 72), ("fwd", 2048, 16, 72), ("bwd", 4, 4096, 64),
+          ("fwd", 4, 4096, 72), ("fwd", 16, 1024, 72), ("fwd", 4, 4096, 64)]  # fmt: skip
 
 
 def tflops(rows: int, length: int, d: int, ms: float, passes: float) -> float:
@@ -39,8 +42,10 @@ def fwd_grid(length: int) -> list[dict[str, int]]:
 
 
 def bwd_grid() -> list[dict[str, int]]:
+    # 32-row tiles fall back to mma.sync and 128x128 holds too many accumulators for four warps.
+    tiles = [(64, 64, w) for w in (4, 8)] + [(64, 128, w) for w in (4, 8)] + [(128, 64, w) for w in (4, 8)]
     return [{"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
-            for m, n, w, s in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 2, 3))]  # fmt: skip
+            for (m, n, w), s in itertools.product([*tiles, (128, 128, 8)], (1, 2, 3))]  # fmt: skip
 
 
 def _try(entry: dict[str, Any], cfg: Any, fn: Any, flops: Any, deadline: float) -> None:
@@ -74,10 +79,13 @@ def tune_bwd(rows: int, length: int, d: int, deadline: float) -> dict[str, Any]:
     out, lse = tri.attention_fwd(q, k, v, None, d**-0.5)
     grad = torch.randn_like(q)
     dims = dict(zip(("D0", "D1"), tri.split_head_dim(d), strict=True))
-    default = tri.bwd_config(length, length, d, q.dtype)
-    entry: dict[str, Any] = {"rows": rows, "L": length, "D": d, "default": default, "tried": []}
-    for pair in [default, *(({**c, **dims}, {**c, **dims}) for c in bwd_grid())]:
-        _try(entry, pair, lambda p=pair: tri.attention_bwd(grad, q, k, v, None, out, lse, d**-0.5, config=p),
+    kv_default, q_default = default = tri.bwd_config(length, length, d, q.dtype)
+    entry: dict[str, Any] = {"rows": rows, "L": length, "D": d, "default": list(default), "tried": []}
+    grid = [{**c, **dims} for c in bwd_grid()]
+    pairs = [default, *((c, q_default) for c in grid), *((kv_default, c) for c in grid)]  # one kernel varies
+    for pair in pairs:
+        _try(entry, list(pair),
+             lambda p=pair: tri.attention_bwd(grad, q, k, v, None, out, lse, d**-0.5, config=p),
              lambda ms: tflops(rows, length, d, ms, 2.5), deadline)  # fmt: skip
     return entry
 
@@ -90,26 +98,17 @@ def run(out: Path, budget_s: float) -> dict[str, Any]:
         "fwd": [],
         "bwd": [],
     }
-    for key, shapes, tune in (("fwd", FWD_SHAPES, tune_fwd), ("bwd", BWD_SHAPES, tune_bwd)):
-        for rows, length, d in shapes:
-            entry = tune(rows, length, d, deadline)
-            timed = [t for t in entry["tried"] if isinstance(t[1], float)]
-            if timed:
-                entry["best"] = max(timed, key=lambda t: t[1])
-                entry["default_tflops"] = timed[0][1] if timed[0][0] == entry["default"] else None
-                print(
-                    key,
-                    rows,
-                    length,
-                    d,
-                    "default",
-                    entry["default_tflops"],
-                    "best",
-                    entry["best"],
-                    flush=True,
-                )
-            res[key].append(entry)
-            (out / "attention_tune.json").write_text(json.dumps(res, indent=1))
+    for key, rows, length, d in SHAPES:
+        if time.monotonic() > deadline:
+            break
+        entry = (tune_fwd if key == "fwd" else tune_bwd)(rows, length, d, deadline)
+        timed = [t for t in entry["tried"] if isinstance(t[1], float)]
+        if timed:
+            entry["best"] = max(timed, key=lambda t: t[1])
+            entry["default_tflops"] = timed[0][1] if timed[0][0] == entry["default"] else None
+            print(key, rows, length, d, "default", entry["default_tflops"], "best", entry["best"], flush=True)
+        res[key].append(entry)
+        (out / "attention_tune.json").write_text(json.dumps(res, indent=1))
     return res
 
 

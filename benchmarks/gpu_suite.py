@@ -60,7 +60,7 @@ def _attention(tmp: Path, smoke: bool) -> list[str] | None:
 
 
 def _tune(tmp: Path, smoke: bool) -> list[str] | None:
-    return None if smoke else [PY, str(HERE / "attention_tune.py"), "--out", str(tmp), "--budget-s", "45"]
+    return None if smoke else [PY, str(HERE / "attention_tune.py"), "--out", str(tmp), "--budget-s", "55"]
 
 
 def _forward(tmp: Path, smoke: bool) -> list[str]:
@@ -119,7 +119,7 @@ PARTS = {  # in order of what a short GPU session most needs
     "attention": (_attention, 100),
     "forward": (_forward, 170),
     "train": (_train, 150),
-    "tune": (_tune, 70),
+    "tune": (_tune, 80),
     "vae": (_vae, 70),
     "aoti": (_aoti, 100),
 }
