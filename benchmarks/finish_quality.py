@@ -14,7 +14,9 @@ centre-cropped to 256x256 are the ground truth; the input is that clip made smal
 Measured against bicubic up-sampling of the same input: PSNR on luma (BT.601 Y, ``scale`` pixels of
 border cropped, as the SR literature measures), SSIM on luma, and temporal flicker, mean over pixels
 and frame pairs of |Δt(output) - Δt(ground truth)| in 8-bit luma levels (0 = the output changes from
-frame to frame exactly as the truth does). x2 is the x4 model's output area-downsampled by 2.
+frame to frame exactly as the truth does). Each scale is made by the bundled model for it (x2:
+osp-demo-upscale-x2, x4: osp-demo-upscale-x4), or by ``--upscaler`` at each scale it makes (a x4 model
+makes x2 by area-downsampling its output).
 
 Interpolator: every other frame of a 33-frame clip is dropped and restored; PSNR (RGB) of the
 restored frames against the dropped ones, against linear blending (the mean of the two neighbours).
@@ -43,7 +45,7 @@ from osp.interpolate import IFNetInterpolator
 from osp.io.samples import sample_video
 from osp.io.video import from_model, read_video, to_model, write_contact_sheet
 from osp.metrics import psnr, ssim
-from osp.pipelines.finish import load_finisher
+from osp.pipelines.finish import load_finisher, resolve_finisher
 from osp.synth.dataset import write_synth_dataset
 from osp.upscale import SRVGGUpscaler
 from osp_train.config import TrainConfig
@@ -85,15 +87,16 @@ def run_upscaler(model: SRVGGUpscaler, low: torch.Tensor, scale: int) -> torch.T
 
 
 def evaluate_upscaler(
-    model: SRVGGUpscaler, sheets: Path, degradations: DegradeConfig
+    models: dict[int, SRVGGUpscaler], sheets: Path, degradations: DegradeConfig
 ) -> list[dict[str, Any]]:
+    """One row per (scale, input kind); ``models[scale]`` makes that scale."""
     rows = []
     clips = [
         read_video(sample_video("bigbuckbunny"), num_frames=17, start_frame=s, size=256).frames
         for s in STARTS
     ]
     degraded = degradations.replace(clean=0.0)
-    for scale in model.config.scales:
+    for scale, model in sorted(models.items()):
         for kind in ("bicubic", "degraded"):
             totals: dict[str, list[float]] = {}
             for i, truth in enumerate(clips):
@@ -170,20 +173,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--upscaler", default=None, help="folder or name (default: the bundled one)")
+    parser.add_argument(
+        "--upscaler", default=None, help="folder or name (default: the bundled one per scale)"
+    )
     parser.add_argument("--interpolator", default=None, help="folder or name (default: the bundled one)")
     parser.add_argument("--degrade-from", type=Path, default=ROOT / "configs" / "demo" / "upscale.yaml",
                         help="the training config whose upscale.degrade makes the degraded inputs")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
-    up = load_finisher("upscaler", args.upscaler)
+    ups = {scale: load_finisher("upscaler", args.upscaler, scale=scale) for scale in (2, 4)}
     rife = load_finisher("interpolator", args.interpolator)
-    assert isinstance(up, SRVGGUpscaler) and isinstance(rife, IFNetInterpolator)
+    assert isinstance(rife, IFNetInterpolator)
+    models = {s: up for s, up in ups.items() if isinstance(up, SRVGGUpscaler) and s in up.config.scales}
+    made_by = {s: _relative(resolve_finisher(args.upscaler, "upscaler", s)) for s in models}
     sheets = args.out / "finish_sheets"
     sheets.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        upscale_rows = evaluate_upscaler(up, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade)
+        upscale_rows = evaluate_upscaler(
+            models, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade
+        )
         interpolate_rows = evaluate_interpolator(rife, sheets, Path(tmp))
 
     header = [
@@ -208,16 +217,18 @@ def main() -> None:
                       f"{r['linear_psnr']:.2f} dB (linear)", f"{r['gain_db']:+.2f} dB",
                       f">= +{TARGETS['interpolate']} dB" if r["set"].startswith("bigbuckbunny") else "-", "-", "-"])  # fmt: skip
     notes = [
-        f"upscaler: {args.upscaler or 'bundled'}; interpolator: {args.interpolator or 'bundled'}; "
+        "upscaler: "
+        + ", ".join(f"x{s} {m}" for s, m in made_by.items())
+        + f"; interpolator: {args.interpolator or 'bundled'}; "
         f"degraded inputs: {_relative(args.degrade_from)}'s upscale.degrade, clean draws excluded",
         "PSNR / SSIM of the upscaler on BT.601 luma with `scale` pixels of border cropped; flicker = mean "
         "|Δt(output) - Δt(truth)| in 8-bit luma levels (lower is steadier).",
-        "x2 = the x4 model's output area-downsampled by 2 (the model's own second scale).",
+        "a x4 model without a x2 one beside it makes x2 by area-downsampling its x4 output by 2.",
         "interpolator: every other frame dropped and restored; PSNR over RGB of the restored frames.",
         f"machine: {machine_info()['cpu']}",
     ]
     print_report("Finishing models on held-out video", header, table, notes)
-    data = {"machine": machine_info(), "targets": TARGETS, "upscaler": args.upscaler or "bundled",
+    data = {"machine": machine_info(), "targets": TARGETS, "upscaler": made_by,
             "interpolator": args.interpolator or "bundled",
             "upscale": [{k: json_number(v) if isinstance(v, float) else v for k, v in r.items()} for r in upscale_rows],
             "interpolate": [{k: json_number(v) if isinstance(v, float) else v for k, v in r.items()}

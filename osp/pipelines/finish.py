@@ -70,10 +70,18 @@ def finishing_models() -> dict[str, dict[str, tuple[Kind, Path]]]:
     return {"bundled": _finishers_in(_MODELS_DIR), "local": _finishers_in(local_models_dir())}
 
 
-def resolve_finisher(model: str | Path | None, kind: Kind) -> Path:
-    """A finishing model's folder or file from a path, a local or bundled name, or None (the default)."""
+def default_upscaler(scale: int | None = None) -> str:
+    """The bundled upscaler made for ``scale`` (``osp-demo-upscale-x2`` for 2), else the default x4 one,
+    which also makes x2 by area-downsampling its x4 output."""
+    named = f"osp-demo-upscale-x{scale}"
+    return named if scale is not None and named in _finishers_in(_MODELS_DIR) else DEFAULT_UPSCALER
+
+
+def resolve_finisher(model: str | Path | None, kind: Kind, scale: int | None = None) -> Path:
+    """A finishing model's folder or file from a path, a local or bundled name, or None (the default;
+    for an upscaler, the bundled one made for ``scale`` where there is one)."""
     if model is None:
-        model = DEFAULT_UPSCALER if kind == "upscaler" else DEFAULT_INTERPOLATOR
+        model = default_upscaler(scale) if kind == "upscaler" else DEFAULT_INTERPOLATOR
     path = Path(model)
     if path.exists():
         return path
@@ -94,13 +102,15 @@ def load_finisher(
     model: str | Path | None = None,
     weights: Path | None = None,
     *,
+    scale: int | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> SRVGGUpscaler | IFNetInterpolator:
-    """The upscaler or interpolator named by ``model`` (folder or name) or ``weights`` (a released file)."""
+    """The upscaler or interpolator named by ``model`` (folder or name) or ``weights`` (a released file);
+    neither: the bundled default (for an upscaler, the one made for ``scale`` where there is one)."""
     if model is not None and weights is not None:
         raise ConfigError("--weights: give a released weights file or --model, not both")
-    path = weights if weights is not None else resolve_finisher(model, kind)
+    path = weights if weights is not None else resolve_finisher(model, kind, scale)
     if weights is not None and not weights.exists():
         raise WeightsError(f"--weights: {weights}: no such file")
     if (path / CONFIG_NAME).is_file():
@@ -216,13 +226,14 @@ class Finisher:
             run = interpolate_clip(inter, interpolate, "auto", net("interpolator", interpolator))
             finisher.interpolate, finisher.factor = run, interpolate
         if upscale is not None and upscale != 1:
-            up = load_finisher("upscaler", upscaler, dtype=dtype, device=device)
+            # An engine runs the upscaler it was exported with (the default x4 unless one was named);
+            # eager, the default is the bundled model made for this scale.
+            exported = net("upscaler", upscaler)
+            scale = None if exported is not None else upscale
+            up = load_finisher("upscaler", upscaler, scale=scale, dtype=dtype, device=device)
             assert isinstance(up, SRVGGUpscaler)
             check_scale(up, upscale, "--upscale")
-            finisher.upscale, finisher.scale = (
-                upscale_clip(up, upscale, "auto", net("upscaler", upscaler)),
-                upscale,
-            )
+            finisher.upscale, finisher.scale = upscale_clip(up, upscale, "auto", exported), upscale
         return finisher
 
     def __call__(
@@ -303,7 +314,9 @@ def run_upscale(cfg: UpscaleConfig, progress: ProgressDisplay | None = None) -> 
     # 1. Check the request, then load the model (small) and check the scale, before reading frames.
     _check_input(cfg)
     t0 = time.perf_counter()
-    model = load_finisher("upscaler", cfg.model, cfg.weights, dtype=DTYPES[cfg.dtype], device=cfg.device)
+    model = load_finisher(
+        "upscaler", cfg.model, cfg.weights, scale=cfg.scale, dtype=DTYPES[cfg.dtype], device=cfg.device
+    )
     assert isinstance(model, SRVGGUpscaler)
     scale = cfg.scale or model.config.scale
     check_scale(model, scale)

@@ -111,7 +111,8 @@ class _KeepArgs(click.Command):
 @click.option("--upscale", type=click.IntRange(min=1), default=None,
               help="Finish: N x the size with the upscaler.")  # fmt: skip
 @click.option("--interpolator", default=None, help="Interpolator folder or name; default the bundled one.")
-@click.option("--upscaler", default=None, help="Upscaler folder or name; default the bundled one.")
+@click.option("--upscaler", default=None,
+              help="Upscaler folder or name; default the bundled one made for --upscale.")  # fmt: skip
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
 @click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)

@@ -16,7 +16,8 @@ from osp.cli.common import DTYPE_CHOICE, console
 @click.option("--scale", type=click.IntRange(min=1), default=None,
               help="Output size / input size; default the model's own (a x4 model also makes x2).")  # fmt: skip
 @click.option("--model", default=None,
-              help="osp upscaler weights folder or a name from `osp models`; default the bundled one.")  # fmt: skip
+              help="osp upscaler weights folder or a name from `osp models`; default the bundled one made "
+                   "for --scale (x2 or x4).")  # fmt: skip
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A released Real-ESRGAN compact checkpoint (e.g. realesr-general-x4v3.pth) instead.")  # fmt: skip
 @click.option("--tile/--no-tile", default=None,
