@@ -75,12 +75,12 @@ def run(out: Path, smoke: bool) -> dict[str, Any]:
         spec = PipelineSpec(kind="class-to-video", frames=frames, size=size, steps=steps)
         folder = ClassToVideo(transformer, vae, spec).save_pretrained(Path(tmp) / "c2v")
         checks: list[str] = []
-        _, res["export_s"] = _timed(
+        _, seconds = _timed(
             lambda: export_compiled(folder, Path(tmp) / "packages", precision=precision, device=device,
                                     components=("transformer", "vae_decoder"), report=checks.append),
             device,
         )  # fmt: skip
-        res["export_s"] = round(res["export_s"], 1)
+        res["export_s"] = round(seconds, 1)
         res["export_checks"] = checks
         save()
         print(f"export: {res['export_s']} s", *checks, sep="\n  ", flush=True)

@@ -27,6 +27,16 @@ def diffusers_tiny(activation: str = "gelu-approximate", seed: int = 0) -> Latte
     return model.eval()
 
 
+def diffusers_latte1(num_layers: int, sample_size: int, video_length: int) -> LatteTransformer3DModel:
+    """diffusers' Latte-1 transformer at its released widths (16 heads of 72, 4096-wide captions)."""
+    return LatteTransformer3DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=num_layers,
+        cross_attention_dim=1152, attention_bias=True, sample_size=sample_size, patch_size=2,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, video_length=video_length,
+    )  # fmt: skip
+
+
 def tiny(seed: int = 0, **changes: object) -> LatteT2V:
     torch.manual_seed(seed)
     model = LatteT2V(TINY.replace(**changes) if changes else TINY)
@@ -108,12 +118,7 @@ def test_state_dict_keys_are_diffusers_keys() -> None:
 def test_latte1_preset_matches_diffusers_parameter_count() -> None:
     with torch.device("meta"):
         ours = LatteT2V(LATTE_T2V_CONFIGS["latte-t2v-xl/2-latte1"])
-        reference = LatteTransformer3DModel(
-            num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-            cross_attention_dim=1152, attention_bias=True, sample_size=64, patch_size=2,
-            activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-            norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, video_length=16,
-        )  # fmt: skip
+        reference = diffusers_latte1(num_layers=28, sample_size=64, video_length=16)
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in reference.parameters())
     assert set(ours.state_dict()) == set(reference.state_dict())
@@ -124,12 +129,7 @@ def test_latte1_widths_match_diffusers_outputs() -> None:
     Open-Sora-Plan's latte-t2v-xl/2 differs from it only in its temporal position table (scale 3)."""
     cfg = LATTE_T2V_CONFIGS["latte-t2v-xl/2-latte1"].replace(num_layers=2, video_length=5, sample_size=8)
     torch.manual_seed(0)
-    reference = LatteTransformer3DModel(
-        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=2,
-        cross_attention_dim=1152, attention_bias=True, sample_size=8, patch_size=2,
-        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
-        norm_elementwise_affine=False, norm_eps=1e-6, caption_channels=4096, video_length=5,
-    ).eval()  # fmt: skip
+    reference = diffusers_latte1(num_layers=2, sample_size=8, video_length=5).eval()
     ours = LatteT2V.from_state_dict(cfg, reference.state_dict()).eval()
     g = torch.Generator().manual_seed(1)
     x, t, context = (

@@ -167,20 +167,48 @@ def gpu_for(device: torch.device) -> str | None:
     return _GPU_NAMES[index]
 
 
+AttentionRow = tuple[
+    Any, ...
+]  # (dtype, head dim, masked, lq low, lq high, lk low, lk high, forward, training)
+
+
+def _attention_rows(gpu: str) -> tuple[AttentionRow, ...]:
+    table = load_table(gpu)
+    return tuple(
+        (e.dtype, e.head_dim, e.masked, *e.lq, *e.lk, e.forward, e.training)
+        for e in (table.attention if table is not None else ())
+    )
+
+
+def _match(
+    rows: tuple[AttentionRow, ...],
+    dtype: torch.dtype,
+    head_dim: int,
+    lq: int,
+    lk: int,
+    masked: bool,
+    training: bool,
+) -> tuple[str, ...]:
+    """The ranking of the first row covering the shape; (). Sizes may be symbolic while Dynamo traces:
+    each comparison with a range then becomes a guard."""
+    name = DTYPE_NAMES.get(dtype)
+    for dt, hd, m, lq_low, lq_high, lk_low, lk_high, forward, train in rows:
+        if (
+            dt == name
+            and m == masked
+            and hd == head_dim
+            and lq_low <= lq < lq_high
+            and lk_low <= lk < lk_high
+        ):
+            return train if training else forward
+    return ()
+
+
 def attention_ranking(
     gpu: str, dtype: torch.dtype, head_dim: int, lq: int, lk: int, masked: bool, training: bool
 ) -> tuple[str, ...]:
     """Backends measured for this shape class on ``gpu``, fastest first; () when it was not measured."""
-    table = load_table(gpu)
-    name = DTYPE_NAMES.get(dtype)
-    for e in table.attention if table is not None else ():
-        if (
-            (e.dtype, e.head_dim, e.masked) == (name, head_dim, masked)
-            and e.lq[0] <= lq < e.lq[1]
-            and (e.lk[0] <= lk < e.lk[1])
-        ):
-            return e.training if training else e.forward
-    return ()
+    return _match(_attention_rows(gpu), dtype, head_dim, lq, lk, masked, training)
 
 
 def compiling() -> bool:
@@ -197,35 +225,21 @@ def compiling() -> bool:
 
 
 @torch.compiler.assume_constant_result
-def attention_rows(device_type: str, device_index: int) -> tuple[tuple[Any, ...], ...]:
-    """The attention entries measured on this device's GPU as plain tuples, (dtype, head dim, masked,
-    lq low, lq high, lk low, lk high, forward ranking, training ranking); () off CUDA or unmeasured.
-    Dynamo runs this once per trace and keeps the result in the graph as a constant."""
+def attention_rows(device_type: str, device_index: int) -> tuple[AttentionRow, ...]:
+    """The attention entries measured on this device's GPU as plain tuples (see :data:`AttentionRow`);
+    () off CUDA or unmeasured. Dynamo runs this once per trace and keeps the result in the graph as a
+    constant."""
     gpu = gpu_for(torch.device(device_type) if device_index < 0 else torch.device(device_type, device_index))
-    table = load_table(gpu) if gpu is not None else None
-    return tuple(
-        (e.dtype, e.head_dim, e.masked, *e.lq, *e.lk, e.forward, e.training)
-        for e in (table.attention if table is not None else ())
-    )
+    return _attention_rows(gpu) if gpu is not None else ()
 
 
 def traced_attention_ranking(
     device: torch.device, dtype: torch.dtype, head_dim: int, lq: int, lk: int, masked: bool, training: bool
 ) -> tuple[str, ...]:
-    """:func:`attention_ranking` for code Dynamo traces. Sizes may be symbolic: each comparison with a
-    range then becomes a guard, so a size leaving the range recompiles the graph with that size's choice."""
-    name = DTYPE_NAMES.get(dtype)
+    """:func:`attention_ranking` for code Dynamo traces: a size leaving its range recompiles the graph
+    with that size's choice."""
     index = -1 if device.index is None else device.index
-    for dt, hd, m, lq_low, lq_high, lk_low, lk_high, forward, train in attention_rows(device.type, index):
-        if (
-            dt == name
-            and m == masked
-            and hd == head_dim
-            and lq_low <= lq < lq_high
-            and lk_low <= lk < lk_high
-        ):
-            return train if training else forward
-    return ()
+    return _match(attention_rows(device.type, index), dtype, head_dim, lq, lk, masked, training)
 
 
 def norm_ranking(gpu: str, dtype: torch.dtype, channels: int, rows: int, training: bool) -> tuple[str, ...]:
