@@ -36,7 +36,8 @@ from osp_train.train import Task
 
 def build_finisher(cfg: TrainConfig) -> Pretrained:
     """The upscaler / interpolator from a preset, an osp weights folder or a released checkpoint
-    (Real-ESRGAN .pth, RIFE flownet.pkl) to fine-tune, with ``model_overrides`` applied."""
+    (Real-ESRGAN .pth, RIFE flownet.pkl) to fine-tune, with ``model_overrides`` applied (a larger
+    ``num_conv`` deepens a trained upscaler without changing what it computes)."""
     upscale = cfg.task == "upscale"
     cls: type[Pretrained] = SRVGGUpscaler if upscale else IFNetInterpolator
     presets: dict[str, Any] = UPSCALER_CONFIGS if upscale else INTERPOLATOR_CONFIGS
@@ -50,10 +51,14 @@ def build_finisher(cfg: TrainConfig) -> Pretrained:
     if (path / CONFIG_NAME).is_file() and read_config_json(path).get("_class_name") != cls.__name__:
         raise ConfigError(f"model: {cfg.model} does not hold a {cls.__name__}; task {cfg.task} trains one")
     loaded = load_upscaler(path) if upscale else load_interpolator(path)
-    if not cfg.model_overrides:
+    overrides = dict(cfg.model_overrides)
+    if isinstance(loaded, SRVGGUpscaler) and overrides.get("num_conv", 0) > loaded.config.num_conv:
+        # A deeper upscaler starts as the loaded one: identity layers between the trained ones.
+        loaded = loaded.deepened(overrides.pop("num_conv"))
+    if not overrides:
         return loaded.train()
-    # Overrides must keep every tensor's shape (e.g. factors); the weights are loaded strictly.
-    config = loaded.config.replace(**cfg.model_overrides)
+    # Other overrides must keep every tensor's shape (e.g. factors); the weights are loaded strictly.
+    config = loaded.config.replace(**overrides)
     return cls.from_state_dict(config, loaded.state_dict(), source=cfg.model).train()
 
 

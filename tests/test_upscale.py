@@ -158,3 +158,27 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     video = torch.rand(1, 3, 2, 8, 8) * 2 - 1
     with torch.no_grad():
         assert torch.allclose(loaded(video), model.half().float()(video), atol=1e-5)
+
+
+@pytest.mark.parametrize("act_type", ["prelu", "relu"])
+def test_deepened_computes_what_it_computed(act_type: str) -> None:
+    """Identity layers between the trained ones: the deeper network's output equals the shallower
+    one's, its trained layers are kept, and the new ones are there to train."""
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(act_type=act_type)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # no slope or bias left at its initial value
+    deeper = model.deepened(5).eval()
+    assert deeper.config.num_conv == 5 and len(deeper.body) == len(model.body) + 6
+    assert sum(p.numel() for p in deeper.parameters()) > sum(p.numel() for p in model.parameters())
+    video = torch.rand(1, 3, 4, 12, 10) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(video), model(video), atol=1e-6, rtol=1e-5)
+        deeper.body[4].weight.add_(0.05)  # an added layer now changes the output
+        assert not torch.allclose(deeper(video), model(video), atol=1e-3)
+    with pytest.raises(ShapeError, match=r"num_conv: a network is only deepened"):
+        model.deepened(1)
+    leaky = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(act_type="leakyrelu"))
+    with pytest.raises(ShapeError, match="leaky-ReLU"):
+        leaky.deepened(4)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from test_train import cli, metrics  # pytest puts tests/ on sys.path
 
 from osp.cli.train import train as train_command
-from osp.errors import ConfigError
+from osp.errors import ConfigError, WeightsError
 from osp.io.samples import sample_video
 from osp.io.video import read_video, write_video
 from osp.io.weights import load_safetensors
@@ -175,3 +175,22 @@ def test_task_refuses_what_the_model_cannot_train(
         finishing_task(
             cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")), torch.float32
         )
+
+
+def test_num_conv_override_deepens_a_trained_upscaler(clips: Path, tmp_path: Path) -> None:
+    """``model_overrides: {num_conv: N}`` on weights with fewer layers starts training from the same
+    function (identity layers added); the other overrides still load strictly."""
+    from osp.cli.train import load_config
+    from osp_train.finish_task import build_finisher
+
+    torch.manual_seed(0)
+    trained = SRVGGUpscaler(SRVGGUpscaler.config_class(num_feat=8, num_conv=2, temporal_radius=1)).eval()
+    folder = trained.save_pretrained(tmp_path / "trained")
+    config = write_config(clips, tmp_path / "deeper", "upscale", model=str(folder))
+    deeper = build_finisher(load_config(config, ("model_overrides.num_conv=4",)))
+    assert isinstance(deeper, SRVGGUpscaler) and deeper.config.num_conv == 4 and deeper.training
+    video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.eval()(video), trained(video), atol=1e-6, rtol=1e-5)
+    with pytest.raises(WeightsError, match="wrong shape"):  # wider is not deeper: the tensors do not fit
+        build_finisher(load_config(config, ("model_overrides.num_feat=16",)))

@@ -377,6 +377,20 @@ def test_truncated_file_still_serves_its_first_frames(tmp_path: Path) -> None:
         read_video(path)
 
 
+def test_a_header_one_frame_over_is_not_called_truncated(tmp_path: Path) -> None:
+    # Cutting the file at its last packets leaves the header's count (40) one or two frames over what
+    # decodes: one is how intact files with an off-by-one count look, two is a truncation.
+    whole = write_video(tmp_path / "whole.mp4", synthetic_clip(t=40, h=144, w=192), 25)
+    with av.open(str(whole)) as container:
+        starts = sorted(p.pos for p in container.demux(video=0) if p.pos is not None and p.size)
+    data = whole.read_bytes()
+    (tmp_path / "one.mp4").write_bytes(data[: starts[-1]])
+    (tmp_path / "two.mp4").write_bytes(data[: starts[-2]])
+    assert read_video(tmp_path / "one.mp4").frames.shape[0] == 39
+    with pytest.raises(VideoReadError, match=r"two\.mp4: the container declares 40 frames but only 38"):
+        read_video(tmp_path / "two.mp4")
+
+
 # ------------------------------------------------------------------------------------------ atomicity
 
 

@@ -129,6 +129,12 @@ def _reason(err: BaseException) -> str:
     return str(text).split(": '")[0]
 
 
+# Frames a whole-file read may come up short of the container's count before it is called truncated:
+# headers of intact files are often one over (an encoder's edit list hides the last decoded frame,
+# e.g. OpenCV's sample box.mp4 declares 456 and decodes 455); a cut-off file loses far more.
+DECLARED_SLACK = 1
+
+
 def _stream_fps(stream: av.video.stream.VideoStream) -> float:
     for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
         if rate:
@@ -260,7 +266,7 @@ def read_video(
             f"{path}: has only {decoded} frames but the request (num_frames={num_frames}, step={step:g}, "
             f"start_frame={start_frame}) needs {needed}"
         )
-    if num_frames is None and 0 < decoded < declared:
+    if num_frames is None and 0 < decoded < declared - DECLARED_SLACK:
         # FFmpeg ends a cut-off mp4 quietly, so a short read is the only sign of truncation.
         raise VideoReadError(
             f"{path}: the container declares {declared} frames but only {decoded} decode; "

@@ -90,6 +90,38 @@ class SRVGGUpscaler(Pretrained):
         self.body = nn.ModuleList(layers)
         self.upsampler = nn.PixelShuffle(s)
 
+    def deepened(self, num_conv: int) -> SRVGGUpscaler:
+        """This network with ``num_conv`` hidden convolutions, computing exactly what it computes now.
+
+        The added layers are identities (a centre-tap 3x3 convolution, and a PReLU of slope 1, or a ReLU,
+        which passes the non-negative output of the ReLU before it), spread between the trained ones; so
+        a trained model can be made deeper and trained on from where it stands (Net2Net's idea)."""
+        old = self.config.num_conv
+        if num_conv < old:
+            raise ShapeError(f"num_conv: a network is only deepened, {num_conv} < its {old}")
+        if self.config.act_type == "leakyrelu" and num_conv > old:
+            raise ShapeError("num_conv: a leaky-ReLU network has no identity layer to deepen it with")
+        first = next(self.parameters())
+        deeper = SRVGGUpscaler(self.config.replace(num_conv=num_conv)).to(first.device, first.dtype)
+        c = self.config.num_feat
+        kept = {round(k * num_conv / old) if old else -1: k for k in range(old)}  # new slot -> old layer
+        with torch.no_grad():
+            for slot in range(num_conv):
+                conv, act = deeper.body[2 + 2 * slot], deeper.body[3 + 2 * slot]
+                if slot in kept:
+                    conv.load_state_dict(self.body[2 + 2 * kept[slot]].state_dict())
+                    act.load_state_dict(self.body[3 + 2 * kept[slot]].state_dict())
+                    continue
+                assert isinstance(conv, nn.Conv2d)
+                conv.weight.zero_()
+                conv.bias.zero_()  # type: ignore[union-attr]
+                conv.weight[torch.arange(c), torch.arange(c), 1, 1] = 1.0
+                if isinstance(act, nn.PReLU):
+                    act.weight.fill_(1.0)
+            for outer in (0, 1, -1):  # the first convolution and activation, the last convolution
+                deeper.body[outer].load_state_dict(self.body[outer].state_dict())
+        return deeper.train(self.training)
+
     # ---- frames ----
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3 * window, h, w) in [0, 1], frames t-r .. t+r on channels -> (N, 3, s*h, s*w) in [0, 1]."""
