@@ -7,6 +7,7 @@ Measured (median of ``--runs`` after one warm-up call, inputs in [-1, 1]):
 
 * upscaling 17x64x64 -> x4 (17x256x256) with the bundled upscaler;
 * interpolating 17 -> 33 frames at 256x256 with the bundled interpolator;
+* the upscaling again as a self-ensemble (``osp upscale --ensemble``: 8 flips and transposes);
 
 each in eager PyTorch (fp32), eager bf16, ONNX Runtime (``osp export --components upscaler,interpolator``,
 traced at the bundled pipeline's 17x64x64 with dynamic axes) and an AOTInductor package (``--target
@@ -73,7 +74,9 @@ def main() -> None:
     jobs: dict[str, Callable[[Callable[..., torch.Tensor] | None, torch.dtype], Callable[[], Any]]] = {
         "upscale 17x64x64 -> x4": lambda net, dt: lambda: up.to(dt).upscale(small.to(dt), 4, net=net),
         "interpolate 17 -> 33 frames, 256x256": lambda net, dt: lambda: rife.to(dt).interpolate(large.to(dt), 2, net=net),
+        "upscale 17x64x64 -> x4, --ensemble": lambda net, dt: lambda: up.to(dt).upscale(small.to(dt), 4, net=net, ensemble=True),
     }  # fmt: skip
+    kinds = ("upscaler", "interpolator", "upscaler")  # the model each job runs
     results: dict[str, dict[str, float]] = {name: {} for name in jobs}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         work = Path(tmp)
@@ -84,7 +87,7 @@ def main() -> None:
             "onnxruntime": OrtEngine(work / "onnx", model_dir, threads=args.threads),
             "aoti": AotiEngine(work / "aoti", model_dir),
         }
-        for (name, job), kind in zip(jobs.items(), components, strict=True):
+        for (name, job), kind in zip(jobs.items(), kinds, strict=True):
             results[name]["eager fp32"] = timed(job(None, torch.float32), args.runs)
             results[name]["eager bf16"] = timed(job(None, torch.bfloat16), max(1, args.runs // 2))
             for label, engine in engines.items():

@@ -182,3 +182,29 @@ def test_deepened_computes_what_it_computed(act_type: str) -> None:
     leaky = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(act_type="leakyrelu"))
     with pytest.raises(ShapeError, match="leaky-ReLU"):
         leaky.deepened(4)
+
+
+def test_ensemble_is_equivariant_to_flips_and_transposes() -> None:
+    """The self-ensemble averages the 8 symmetries of the square, so (unlike the network itself) its
+    output flips and transposes with its input; tiled, it stays within the tiling's 50 dB; the progress
+    it reports runs once from 0 to the end over the 8 passes."""
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).eval()
+    video = torch.rand(1, 3, 3, 12, 10) * 2 - 1
+    turns = [lambda v: v.flip(-1), lambda v: v.flip(-2), lambda v: v.transpose(-1, -2)]
+    with torch.no_grad():
+        plain, ens = model.upscale(video), model.upscale(video, ensemble=True)
+        assert ens.shape == plain.shape and not torch.allclose(ens, plain, atol=1e-3)
+        for turn in turns:
+            torch.testing.assert_close(
+                model.upscale(turn(video), ensemble=True), turn(ens), atol=1e-5, rtol=0
+            )
+        assert not torch.allclose(model.upscale(video.flip(-1)), plain.flip(-1), atol=1e-3)
+        seen: list[tuple[int, int]] = []
+        tiled = model.upscale(video, tiling=UpscaleTiling(size=8, overlap=4), ensemble=True,
+                              progress=lambda done, total: seen.append((done, total)))  # fmt: skip
+        assert psnr(tiled, ens, data_range=2.0) > 50
+        assert seen[-1][0] == seen[-1][1] and len({t for _, t in seen}) == 1
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+        half = model.to(torch.bfloat16).upscale(video.bfloat16(), ensemble=True)
+        assert half.dtype == torch.bfloat16 and (half.float() - ens).abs().max() < 0.05

@@ -97,6 +97,16 @@ def test_bundled_upscaler_beats_bicubic_on_held_out_video() -> None:
     assert psnr(ours, truth) > psnr(bicubic, truth) + 0.25
 
 
+def test_ensemble_beats_the_plain_bundled_upscaler_on_held_out_video() -> None:
+    truth, low, _ = held_out(4)
+    model = load_finisher("upscaler")
+    assert isinstance(model, SRVGGUpscaler)
+    with torch.inference_mode():
+        plain = from_model(model.upscale(to_model(low)[None])[0])
+        ens = from_model(model.upscale(to_model(low)[None], ensemble=True)[0])
+    assert psnr(ens, truth) > psnr(plain, truth) + 0.05
+
+
 def test_bundled_interpolator_beats_blending_on_held_out_shapes() -> None:
     """A held-out synthetic clip (a combination training never drew): restore its odd frames."""
     (shape_clip,) = synth_clips(count=1, seed=1, split="heldout")

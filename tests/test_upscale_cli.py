@@ -53,6 +53,16 @@ def test_upscale_end_to_end(tmp_path: Path, assets: Path, scale: int, size: tupl
     assert info.fps == pytest.approx(probe_video(assets / "clip.mp4").fps)
 
 
+def test_upscale_ensemble_end_to_end(tmp_path: Path, assets: Path) -> None:
+    """--ensemble runs the 8 flips and transposes (tiled too) and writes a video of the plain run's size."""
+    for extra in ((), ("--tile", "--tile-size", "24", "--tile-overlap", "8")):
+        out = tmp_path / f"ens{len(extra)}.mp4"
+        code, text = run("upscale", str(assets / "clip.mp4"), "-o", str(out), "--model", str(assets / "up"),
+                         "--scale", "4", "--ensemble", "-q", *extra)  # fmt: skip
+        assert code == 0, text
+        assert (probe_video(out).frames, probe_video(out).height, probe_video(out).width) == (5, 128, 192)
+
+
 def test_upscale_tiled_from_a_released_checkpoint(tmp_path: Path, assets: Path) -> None:
     """--weights takes a Real-ESRGAN .pth ({"params_ema": state}); --tile runs it tile by tile."""
     state = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"].replace(temporal_radius=0)).state_dict()

@@ -128,12 +128,17 @@ def load_finisher(
 
 
 def upscale_clip(
-    model: SRVGGUpscaler, scale: int, tiling: UpscaleTiling | Literal["auto"] | None, net: Net | None = None
+    model: SRVGGUpscaler,
+    scale: int,
+    tiling: UpscaleTiling | Literal["auto"] | None,
+    net: Net | None = None,
+    ensemble: bool = False,
 ) -> ClipFn:
     """A uint8 clip -> the clip at ``scale`` x the size, tile by tile when ``tiling`` is given (each
     chunk of frames converted back to uint8 as it is done, so only the output is held in full);
     "auto" tiles large clips (:func:`auto_tile`). ``net``: an exported engine of ``model`` that runs
-    instead of it, on whole clips (as an engine's VAE decoder does)."""
+    instead of it, on whole clips (as an engine's VAE decoder does). ``ensemble``: the mean over the
+    frame's 8 flips and transposes (:meth:`SRVGGUpscaler.upscale`)."""
 
     def run(clip: torch.Tensor, update: Update) -> torch.Tensor:
         param = next(model.parameters())
@@ -141,13 +146,13 @@ def upscale_clip(
         tiles = _tiles(tiling, UpscaleTiling(), clip) if net is None else None
         with torch.inference_mode():
             if tiles is None:
-                return from_model(model.upscale(x, scale, net=net)[0].float().cpu())
+                return from_model(model.upscale(x, scale, net=net, ensemble=ensemble)[0].float().cpu())
             r, t = model.config.temporal_radius, x.shape[2]
             parts = []
             for start in range(0, t, tiles.frames):  # each chunk with its r frames of context
                 stop = min(start + tiles.frames, t)
                 lo, hi = max(0, start - r), min(t, stop + r)
-                y = model.upscale(x[:, :, lo:hi], scale, tiles.replace(frames=hi - lo))
+                y = model.upscale(x[:, :, lo:hi], scale, tiles.replace(frames=hi - lo), ensemble=ensemble)
                 y = y[:, :, start - lo : stop - lo]
                 parts.append(from_model(y[0].float().cpu()))
                 update(stop, t)
@@ -279,6 +284,9 @@ class FinishConfig(Config):
 class UpscaleConfig(FinishConfig):
     scale: int | None = Field(None, ge=1, description="None: the model's own scale")
     tiling: UpscaleTiling = UpscaleTiling()
+    ensemble: bool = Field(
+        False, description="the mean over each frame's 8 flips and transposes (8x the time)"
+    )
 
 
 class InterpolateConfig(FinishConfig):
@@ -329,7 +337,7 @@ def run_upscale(cfg: UpscaleConfig, progress: ProgressDisplay | None = None) -> 
     )
     t0 = time.perf_counter()
     with progress.step(f"upscale x{scale}") as update:
-        out = upscale_clip(model, scale, tiling)(video.frames, update)
+        out = upscale_clip(model, scale, tiling, ensemble=cfg.ensemble)(video.frames, update)
     seconds["upscale"] = time.perf_counter() - t0
     with progress.step("write"):
         written = write_video(cfg.out, out, video.fps)

@@ -75,6 +75,17 @@ def _activation(kind: str, channels: int) -> nn.Module:
     return nn.LeakyReLU(negative_slope=0.1, inplace=True)
 
 
+# The 8 symmetries of a square, as (transpose first, then flip these dims); the first is the identity.
+DIHEDRAL: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
+    (transpose, dims) for transpose in (False, True) for dims in ((), (-1,), (-2,), (-2, -1))
+)
+
+
+def _offset(progress: ProgressFn, n: int, passes: int) -> ProgressFn:
+    """Pass ``n`` of ``passes`` over the same tiles, reported as one run of ``passes`` x the tiles."""
+    return lambda done, total: progress(n * total + done, passes * total)
+
+
 class SRVGGUpscaler(Pretrained):
     config_class = UpscalerConfig
     config: UpscalerConfig
@@ -165,20 +176,37 @@ class SRVGGUpscaler(Pretrained):
         tiling: UpscaleTiling | None = None,
         progress: ProgressFn | None = None,
         net: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        ensemble: bool = False,
     ) -> torch.Tensor:
         """(B, 3, T, h, w) in [-1, 1] -> (B, 3, T, scale*h, scale*w): tiled when ``tiling`` is given,
         so memory is bounded by the tile, not the clip. ``scale`` must be one of ``config.scales``.
-        ``net`` stands in for :meth:`forward` (an exported engine of this model; untiled only)."""
+        ``net`` stands in for :meth:`forward` (an exported engine of this model; untiled only).
+        ``ensemble``: the mean of the outputs for the frame's 8 flips and transposes, each undone (the
+        SR literature's "self-ensemble", as in EDSR+): a little closer to the truth, for 8x the time."""
         self._check_video(video)
         scale = scale or self.config.scale
         if scale not in self.config.scales:
             raise ShapeError(
                 f"scale {scale}: this upscaler makes x{' or x'.join(map(str, self.config.scales))}"
             )
-        if tiling is None:
-            y = (net or self)(video)
-        else:
-            y = self._tiled(video, tiling, progress)
+        views = DIHEDRAL if ensemble else DIHEDRAL[:1]
+        total: torch.Tensor | None = None  # a running sum: one output held at a time, not 8
+        for n, (transpose, dims) in enumerate(views):
+            x = video.transpose(-1, -2) if transpose else video
+            x = x.flip(dims) if dims else x
+            if tiling is None:
+                view = (net or self)(x)
+            else:
+                shown = None if progress is None else _offset(progress, n, len(views))
+                view = self._tiled(x, tiling, shown)
+            view = view.flip(dims) if dims else view
+            view = view.transpose(-1, -2) if transpose else view
+            if not ensemble:
+                total = view
+            else:  # summed in fp32: 8 bf16 outputs summed in bf16 would lose their last bits
+                total = view.float() if total is None else total + view.float()
+        assert total is not None
+        y = (total / len(views)).to(video.dtype) if ensemble else total
         if scale != self.config.scale:
             k = self.config.scale // scale
             # Area down-sampling (each output pixel a k x k mean), in fp32: CPUs pool no bf16.

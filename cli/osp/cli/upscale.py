@@ -26,12 +26,14 @@ from osp.cli.common import DTYPE_CHOICE, console
               help="Spatial tile, in input pixels.")  # fmt: skip
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=16, show_default=True,
               help="Spatial tile overlap, in input pixels.")  # fmt: skip
+@click.option("--ensemble", is_flag=True,
+              help="Average each frame's 8 flips and transposes (the SR self-ensemble): 8x the time.")  # fmt: skip
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(
     video: Path, out: Path, scale: int | None, model: str | None, weights: Path | None, tile: bool | None,
-    tile_size: int, tile_overlap: int, dtype: str, device: str, quiet: bool,
+    tile_size: int, tile_overlap: int, ensemble: bool, dtype: str, device: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Upscale VIDEO by --scale and write OUT."""
     from osp.pipelines.finish import UpscaleConfig, run_upscale
@@ -39,7 +41,7 @@ def upscale(
 
     cfg = UpscaleConfig.from_dict(
         dict(video=video, out=out, scale=scale, model=model, weights=weights, tile=tile, dtype=dtype,
-             device=device, tiling=dict(size=tile_size, overlap=tile_overlap)),
+             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), ensemble=ensemble),
         source="options",
     )  # fmt: skip
     with ProgressDisplay(enabled=not quiet) as progress:
