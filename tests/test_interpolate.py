@@ -183,6 +183,33 @@ def test_x4_is_one_call_per_time() -> None:
             assert torch.allclose(out[:, :, 4 + k], direct, atol=1e-6)
 
 
+def test_recursive_x4_is_x2_of_x2_at_the_middle_only() -> None:
+    """A recursive model makes x4 from t = 0.5 calls only: first between the kept frames, then between
+    each kept frame and the new middle one; the kept frames stay, and progress runs once to the end."""
+    torch.manual_seed(0)
+    model = IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"].replace(recursive=True)).eval()
+    video = torch.rand(2, 3, 3, 16, 16) * 2 - 1
+    times: list[float] = []
+
+    def net(frame0: torch.Tensor, frame1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        times.extend(t.tolist())
+        return model(frame0, frame1, t)
+
+    seen: list[tuple[int, int]] = []
+    with torch.no_grad():
+        out = model.interpolate(video, 4, net=net, progress=lambda done, total: seen.append((done, total)))
+        half = torch.full((2,), 0.5)
+        middle = model(video[:, :, 1], video[:, :, 2], half)
+        assert out.shape == (2, 3, 9, 16, 16) and torch.equal(out[:, :, ::4], video)
+        assert torch.allclose(out[:, :, 6], middle, atol=1e-6)
+        assert torch.allclose(out[:, :, 5], model(video[:, :, 1], middle, half), atol=1e-5)
+        assert torch.allclose(out[:, :, 7], model(middle, video[:, :, 2], half), atol=1e-5)
+    assert set(times) == {0.5} and len(times) == 2 * 3 * 2  # 3 new frames per pair, 2 pairs, batch 2
+    assert seen[-1] == (12, 12) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    with pytest.raises(ValueError, match="powers of two only"):
+        INTERPOLATOR_CONFIGS["rife-tiny"].replace(recursive=True, factors=(2, 3))
+
+
 def test_factor_outside_the_models_set_is_refused() -> None:
     model = IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"])
     with pytest.raises(ShapeError, match=r"factor 3: this interpolator makes x2 or x4"):

@@ -41,6 +41,11 @@ class InterpolatorConfig(Config):
     head_channels: int = Field(16, gt=0, description="channels of the learned per-frame encoding")
     feat_channels: int = Field(8, ge=0, description="feature channels each block hands to the next")
     factors: tuple[int, ...] = (2, 4)  # the frame-rate multiples offered (t = k / factor)
+    recursive: bool = Field(
+        False,
+        description="make x4 (x8, ...) as x2 again and again, every new frame at t = 0.5: for weights "
+        "trained on the middle frame only (RIFE's releases before v4 did the same)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> InterpolatorConfig:
@@ -52,6 +57,10 @@ class InterpolatorConfig(Config):
             raise ValueError("block_channels must be even (each block's first convolution has half)")
         if not self.factors or any(f < 2 for f in self.factors):
             raise ValueError("factors: frame-rate multiples of at least 2")
+        if self.recursive and any(f & (f - 1) for f in self.factors):
+            raise ValueError(
+                f"factors: a recursive interpolator makes powers of two only, got {list(self.factors)}"
+            )
         return self
 
     @property
@@ -151,6 +160,11 @@ class IFBlock(nn.Module):
         return out[:, :4] * scale, out[:, 4:5], out[:, 5:]
 
 
+def _offset(progress: ProgressFn, done: int, total: int) -> ProgressFn:
+    """One pass's progress, reported as frames ``done`` + its own out of ``total`` over all passes."""
+    return lambda n, _: progress(done + n, total)
+
+
 class IFNetInterpolator(Pretrained):
     config_class = InterpolatorConfig
     config: InterpolatorConfig
@@ -226,8 +240,9 @@ class IFNetInterpolator(Pretrained):
         net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> (B, 3, (T - 1) * factor + 1, H, W): ``factor - 1`` new frames
-        between each pair, at t = k / factor; the input frames are kept as they are. ``net`` stands in
-        for :meth:`forward` (an exported engine of this model; untiled only)."""
+        between each pair, at t = k / factor; the input frames are kept as they are (a ``recursive``
+        model makes x4 as x2 twice). ``net`` stands in for :meth:`forward` (an exported engine of this
+        model; untiled only)."""
         if factor not in self.config.factors:
             raise ShapeError(
                 f"factor {factor}: this interpolator makes x{' or x'.join(map(str, self.config.factors))} "
@@ -235,6 +250,26 @@ class IFNetInterpolator(Pretrained):
             )
         if video.dim() != 5 or video.shape[1] != 3 or video.shape[2] < 2 or min(video.shape) == 0:
             raise ShapeError(f"video must be (B, 3, T >= 2, H, W) in [-1, 1], got shape {tuple(video.shape)}")
+        if self.config.recursive and factor > 2:
+            # log2(factor) passes of x2; pass k makes 2**k * B * (T - 1) frames, reported as one run.
+            passes = factor.bit_length() - 1
+            pairs = video.shape[0] * (video.shape[2] - 1)
+            done, total = 0, (factor - 1) * pairs
+            for k in range(passes):
+                shown = None if progress is None else _offset(progress, done, total)
+                video = self._interpolate(video, 2, tiling, shown, net)
+                done += pairs << k
+            return video
+        return self._interpolate(video, factor, tiling, progress, net)
+
+    def _interpolate(
+        self,
+        video: torch.Tensor,
+        factor: int,
+        tiling: InterpolateTiling | None,
+        progress: ProgressFn | None,
+        net: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    ) -> torch.Tensor:
         b, _, frames, h, w = video.shape
         # Every new frame: (batch, pair, k), run in chunks of ``tiling.frames`` (all at once untiled).
         jobs = [(i, pair, k) for i in range(b) for pair in range(frames - 1) for k in range(1, factor)]
