@@ -128,8 +128,9 @@ def main() -> None:
                  f"{statistics.median(chain):.2f}", "", f"<= {TARGETS['chain']} s"])  # fmt: skip
     info = machine_info()
     notes = [
-        f"{info['cpu']}, {args.threads} threads, torch {info['torch']}; the CPU was shared with other work "
-        "(load average at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + ")",
+        f"{info['cpu']}, {args.threads} threads, torch {info['torch']}; load average at the end "
+        "(1, 5, 15 min; 2 or more: the CPU was shared with other work): "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg()),
         "ratios are each engine's median time over eager fp32's for the same job (< 1 is faster)",
         "onnxruntime and aoti were exported from the bundled models with dynamic axes (traced at 17x64x64)",
     ]

