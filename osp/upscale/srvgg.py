@@ -115,7 +115,7 @@ class SRVGGUpscaler(Pretrained):
         first = next(self.parameters())
         deeper = SRVGGUpscaler(self.config.replace(num_conv=num_conv)).to(first.device, first.dtype)
         c = self.config.num_feat
-        kept = {round(k * num_conv / old) if old else -1: k for k in range(old)}  # new slot -> old layer
+        kept = {round(k * num_conv / old): k for k in range(old)}  # new slot -> old layer (none if old = 0)
         with torch.no_grad():
             for slot in range(num_conv):
                 conv, act = deeper.body[2 + 2 * slot], deeper.body[3 + 2 * slot]
