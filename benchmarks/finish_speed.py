@@ -76,7 +76,6 @@ def main() -> None:
         "interpolate 17 -> 33 frames, 256x256": lambda net, dt: lambda: rife.to(dt).interpolate(large.to(dt), 2, net=net),
         "upscale 17x64x64 -> x4, --ensemble": lambda net, dt: lambda: up.to(dt).upscale(small.to(dt), 4, net=net, ensemble=True),
     }  # fmt: skip
-    kinds = ("upscaler", "interpolator", "upscaler")  # the model each job runs
     results: dict[str, dict[str, float]] = {name: {} for name in jobs}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         work = Path(tmp)
@@ -87,7 +86,8 @@ def main() -> None:
             "onnxruntime": OrtEngine(work / "onnx", model_dir, threads=args.threads),
             "aoti": AotiEngine(work / "aoti", model_dir),
         }
-        for (name, job), kind in zip(jobs.items(), kinds, strict=True):
+        for name, job in jobs.items():
+            kind = "upscaler" if name.startswith("upscale") else "interpolator"  # the model the job runs
             results[name]["eager fp32"] = timed(job(None, torch.float32), args.runs)
             results[name]["eager bf16"] = timed(job(None, torch.bfloat16), max(1, args.runs // 2))
             for label, engine in engines.items():
