@@ -17,7 +17,8 @@ and frame pairs of |Δt(output) - Δt(ground truth)| in 8-bit luma levels (0 = t
 frame to frame exactly as the truth does). Each scale is made by the bundled model for it (x2:
 osp-demo-upscale-x2, x4: osp-demo-upscale-x4), or by ``--upscaler`` at each scale it makes (a x4 model
 makes x2 by area-downsampling its output); each plainly and as a self-ensemble (``osp upscale
---ensemble``: the mean over the frame's 8 flips and transposes).
+--ensemble``: the mean over the frame's 8 flips and transposes), and, where the model has a denoising
+partner (``<model>-denoise`` beside it), blended with it at ``osp upscale --denoise 0.5`` and ``1``.
 
 Interpolator: every other frame of a 33-frame clip (x2), or three of every four (x4), is dropped and
 restored; PSNR (RGB) of the restored frames against the dropped ones, against linear blending of the
@@ -48,9 +49,9 @@ from osp.interpolate import IFNetInterpolator
 from osp.io.samples import sample_video
 from osp.io.video import from_model, read_video, to_model, write_contact_sheet
 from osp.metrics import psnr, ssim
-from osp.pipelines.finish import load_finisher, resolve_finisher
+from osp.pipelines.finish import denoise_partner, load_finisher, resolve_finisher
 from osp.synth.dataset import write_synth_dataset
-from osp.upscale import SRVGGUpscaler
+from osp.upscale import SRVGGUpscaler, load_upscaler
 from osp_train.config import TrainConfig
 from osp_train.degrade import degrade, downscale
 from osp_train.finish_config import DegradeConfig
@@ -90,9 +91,13 @@ def run_upscaler(model: SRVGGUpscaler, low: torch.Tensor, scale: int, ensemble: 
 
 
 def evaluate_upscaler(
-    models: dict[int, SRVGGUpscaler], sheets: Path, degradations: DegradeConfig
+    models: dict[int, SRVGGUpscaler],
+    sheets: Path,
+    degradations: DegradeConfig,
+    partners: dict[int, SRVGGUpscaler] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (scale, input kind, plain or self-ensemble); ``models[scale]`` makes that scale."""
+    """One row per (scale, variant, input kind); ``models[scale]`` makes that scale, plainly, as a
+    self-ensemble and, with a denoising partner in ``partners[scale]``, blended with it at 0.5 and 1."""
     rows = []
     clips = [
         read_video(sample_video("bigbuckbunny"), num_frames=17, start_frame=s, size=256).frames
@@ -100,27 +105,31 @@ def evaluate_upscaler(
     ]
     degraded = degradations.replace(clean=0.0)
     for scale, model in sorted(models.items()):
-        for ensemble, kind in itertools.product((False, True), ("bicubic", "degraded")):
+        partner = (partners or {}).get(scale)
+        variants: list[tuple[bool, float | None]] = [(False, None), (True, None)]
+        variants += [(False, 0.5), (False, 1.0)] if partner is not None else []
+        for (ensemble, denoise), kind in itertools.product(variants, ("bicubic", "degraded")):
+            net = model if partner is None or denoise is None else model.blended(partner, denoise)
             totals: dict[str, list[float]] = {}
             for i, truth in enumerate(clips):
                 if kind == "bicubic":
                     low = downscale(truth.float(), scale).round().clamp(0, 255).to(torch.uint8)
                 else:
                     low = degrade(truth, scale, degraded, random.Random(f"bench:{scale}:{i}"))
-                ours, base = run_upscaler(model, low, scale, ensemble), bicubic_up(low, scale)
+                ours, base = run_upscaler(net, low, scale, ensemble), bicubic_up(low, scale)
                 for name, video in (("osp", ours), ("bicubic", base)):
                     for key, value in upscale_metrics(video, truth, scale).items():
                         totals.setdefault(f"{name}_{key}", []).append(value)
-                if i == 0 and not ensemble:
+                if i == 0 and not ensemble and denoise in (None, 1.0):
                     near = low.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
                     picks = [0, 8, 16]
                     write_contact_sheet(
-                        sheets / f"upscale_x{scale}_{kind}.png",
+                        sheets / f"upscale_x{scale}_{kind}{'' if denoise is None else '_denoise'}.png",
                         [near[picks], base[picks], ours[picks], truth[picks]],
                         labels=["input", "bicubic", "osp", "truth"],
                     )
             mean = {k: sum(v) / len(v) for k, v in totals.items()}
-            rows.append({"scale": scale, "input": kind, "ensemble": ensemble, **mean,
+            rows.append({"scale": scale, "input": kind, "ensemble": ensemble, "denoise": denoise, **mean,
                          "gain_db": mean["osp_psnr"] - mean["bicubic_psnr"]})  # fmt: skip
     return rows
 
@@ -194,11 +203,13 @@ def main() -> None:
     assert isinstance(rife, IFNetInterpolator)
     models = {s: up for s, up in ups.items() if isinstance(up, SRVGGUpscaler) and s in up.config.scales}
     made_by = {s: _relative(resolve_finisher(args.upscaler, "upscaler", s)) for s in models}
+    found = {s: denoise_partner(resolve_finisher(args.upscaler, "upscaler", s)) for s in models}
+    partners = {s: load_upscaler(path) for s, path in found.items() if path is not None}
     sheets = args.out / "finish_sheets"
     sheets.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         upscale_rows = evaluate_upscaler(
-            models, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade
+            models, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade, partners
         )
         interpolate_rows = evaluate_interpolator(rife, sheets, Path(tmp))
 
@@ -215,7 +226,10 @@ def main() -> None:
     table = []
     for r in upscale_rows:
         target = TARGETS[f"x{r['scale']}"]
-        table.append([f"upscaler x{r['scale']}" + (" + ensemble" if r["ensemble"] else ""),
+        variant = (
+            " + ensemble" if r["ensemble"] else "" if r["denoise"] is None else f" --denoise {r['denoise']:g}"
+        )
+        table.append([f"upscaler x{r['scale']}{variant}",
                       f"bigbuckbunny 256x256, {r['input']} input",
                       f"{r['osp_psnr']:.2f} dB", f"{r['bicubic_psnr']:.2f} dB (bicubic)", f"{r['gain_db']:+.2f} dB",
                       f">= +{target} dB", f"{r['osp_ssim']:.4f} / {r['bicubic_ssim']:.4f}",
@@ -233,12 +247,15 @@ def main() -> None:
         "|Δt(output) - Δt(truth)| in 8-bit luma levels (lower is steadier).",
         "a x4 model without a x2 one beside it makes x2 by area-downsampling its x4 output by 2.",
         "+ ensemble: `osp upscale --ensemble`, the mean over each frame's 8 flips and transposes (8x the time).",
+        "--denoise S: `osp upscale --denoise S`, the model's weights blended with its -denoise partner's "
+        "(trained on degraded input only): (1 - S) * model + S * partner.",
         "interpolator: every other frame (x2) or three of every four (x4) dropped and restored; PSNR over "
         "RGB of the restored frames; linear = the blend of the two kept neighbours at the frame's time.",
         f"machine: {machine_info()['cpu']}",
     ]
     print_report("Finishing models on held-out video", header, table, notes)
     data = {"machine": machine_info(), "targets": TARGETS, "upscaler": made_by,
+            "denoise_partner": {s: _relative(path) for s, path in found.items() if path is not None},
             "interpolator": args.interpolator or "bundled",
             "upscale": [{k: json_number(v) if isinstance(v, float) else v for k, v in r.items()} for r in upscale_rows],
             "interpolate": [{k: json_number(v) if isinstance(v, float) else v for k, v in r.items()}

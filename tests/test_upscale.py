@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from osp.errors import ShapeError, WeightsError
+from osp.errors import ConfigError, ShapeError, WeightsError
 from osp.metrics import psnr
 from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, UpscaleTiling, load_upscaler
 
@@ -208,3 +208,29 @@ def test_ensemble_is_equivariant_to_flips_and_transposes() -> None:
         assert [d for d, _ in seen] == sorted(d for d, _ in seen)
         half = model.to(torch.bfloat16).upscale(video.bfloat16(), ensemble=True)
         assert half.dtype == torch.bfloat16 and (half.float() - ens).abs().max() < 0.05
+
+
+def test_blended_is_the_published_forward_of_the_mixed_weights() -> None:
+    """Real-ESRGAN's denoise strength: every parameter is (1 - w) * a + w * b, so the blend at w runs the
+    published forward of those weights; 0 and 1 give back the two networks; only like networks blend."""
+    config = UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(temporal_radius=0)
+    keys = published_keys(config.num_feat, config.num_conv, 4)
+    a, b = random_state(keys, 1), random_state(keys, 2)
+    nets = []
+    for state in (a, b):
+        net = SRVGGUpscaler(config).eval()
+        net.load_state_dict(state)
+        nets.append(net)
+    x = torch.rand(2, 3, 10, 12)
+    with torch.no_grad():
+        for w in (0.0, 0.3, 1.0):
+            mixed = {k: (1 - w) * a[k] + w * b[k] for k in keys}
+            torch.testing.assert_close(
+                nets[0].blended(nets[1], w).forward_frames(x), published_forward(mixed, x, config.num_conv, 4),
+                atol=1e-5, rtol=1e-5,
+            )  # fmt: skip
+    other = SRVGGUpscaler(config.replace(num_feat=config.num_feat + 1))
+    with pytest.raises(WeightsError, match="only fine-tunes of one network blend"):
+        nets[0].blended(other, 0.5)
+    with pytest.raises(ConfigError, match=r"denoise: 1.5 is outside \[0, 1\]"):
+        nets[0].blended(nets[1], 1.5)

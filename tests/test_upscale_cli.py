@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from osp.cli.main import cli
 from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator
 from osp.io.samples import sample_video
-from osp.io.video import probe_video, read_video, write_gif, write_video
+from osp.io.video import from_model, probe_video, read_video, to_model, write_gif, write_video
 from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler
 
 t2v_dir = test_export_onnx.t2v_dir  # a tiny text-to-video model folder: 9 frames of 32x48
@@ -23,7 +23,14 @@ t2v_dir = test_export_onnx.t2v_dir  # a tiny text-to-video model folder: 9 frame
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("finish")
     torch.manual_seed(0)
-    SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(root / "up")
+    up = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"])
+    with torch.no_grad():
+        up.body[-1].weight.mul_(0.05)  # a faint residual: the codec keeps what it draws
+    up.save_pretrained(root / "up")
+    with torch.no_grad():
+        up.body[-1].bias.sub_(0.15)  # its partner draws every frame darker
+    up.save_pretrained(root / "up-denoise")
+    SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"]).save_pretrained(root / "up-x2")  # none beside it
     IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).save_pretrained(root / "rife")
     clip = read_video(sample_video("bikes"), num_frames=5, size=(32, 48))
     write_video(root / "clip.mp4", clip.frames, clip.fps)
@@ -63,6 +70,41 @@ def test_upscale_ensemble_end_to_end(tmp_path: Path, assets: Path) -> None:
         assert (probe_video(out).frames, probe_video(out).height, probe_video(out).width) == (5, 128, 192)
 
 
+def test_upscale_denoise_blends_the_model_with_its_partner(tmp_path: Path, assets: Path) -> None:
+    """--denoise S runs the blend of the model and the '-denoise' folder beside it (0: the model,
+    1: the partner); --denoise-model names another partner, e.g. a released .pth file."""
+    from osp.upscale import load_upscaler
+
+    clip = read_video(assets / "clip.mp4").frames
+    model, partner = load_upscaler(assets / "up").eval(), load_upscaler(assets / "up-denoise").eval()
+
+    def expected(net: SRVGGUpscaler) -> torch.Tensor:
+        with torch.inference_mode():
+            return from_model(net.upscale(to_model(clip)[None], 4)[0])
+
+    def upscaled(*extra: str) -> torch.Tensor:
+        out = tmp_path / f"dn{len(list(tmp_path.iterdir()))}.mp4"
+        code, text = run("upscale", str(assets / "clip.mp4"), "-o", str(out), "--model", str(assets / "up"),
+                         "--scale", "4", "--no-tile", "-q", *extra)  # fmt: skip
+        assert code == 0, text
+        return read_video(out).frames
+
+    # Each video is nearest the network expected to draw it (an mp4 round trip is lossy, and random
+    # tiny networks draw noise, so nearest rather than equal).
+    refs = [expected(model), expected(model.blended(partner, 0.5)), expected(partner)]
+
+    def nearest(video: torch.Tensor) -> int:
+        return min(range(3), key=lambda i: (video.float() - refs[i].float()).abs().mean().item())
+
+    assert [nearest(upscaled(*extra)) for extra in ((), ("--denoise", "0.5"), ("--denoise", "1"))] == [
+        0,
+        1,
+        2,
+    ]
+    torch.save({"params_ema": partner.state_dict()}, tmp_path / "partner.pth")
+    assert nearest(upscaled("--denoise", "1", "--denoise-model", str(tmp_path / "partner.pth"))) == 2
+
+
 def test_upscale_tiled_from_a_released_checkpoint(tmp_path: Path, assets: Path) -> None:
     """--weights takes a Real-ESRGAN .pth ({"params_ema": state}); --tile runs it tile by tile."""
     state = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"].replace(temporal_radius=0)).state_dict()
@@ -97,6 +139,9 @@ def test_interpolate_end_to_end(tmp_path: Path, assets: Path, factor: int) -> No
         (["upscale", "{clip}", "--model", "no-such-upscaler"], "no-such-upscaler is neither a folder"),
         (["upscale", "{clip}", "--model", "{up}", "--weights", "{up}/model.safetensors"], "not both"),
         (["upscale", "{clip}", "--model", "{up}", "--tile-size", "16", "--tile-overlap", "16"], "overlap 16 must be smaller than size 16"),
+        (["upscale", "{clip}", "--model", "{upx2}", "--denoise", "0.5"], "up-x2 has no denoising partner"),
+        (["upscale", "{clip}", "--model", "{up}", "--denoise", "0.5", "--denoise-model", "{upx2}"], "only fine-tunes of one network blend"),
+        (["upscale", "{clip}", "--model", "{up}", "--denoise-model", "{up}"], "--denoise-model: give --denoise too"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_writes_nothing(
@@ -104,7 +149,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
 ) -> None:
     (assets / "notes.mp4").write_text("not a video")
     names = {"clip": assets / "clip.mp4", "odd": assets / "odd.gif", "notes": assets / "notes.mp4",
-             "up": assets / "up", "rife": assets / "rife"}  # fmt: skip
+             "up": assets / "up", "rife": assets / "rife", "upx2": assets / "up-x2"}  # fmt: skip
     out = tmp_path / "out" / "x.mp4"
     code, text = run(*[a.format(**names) for a in args], "-o", str(out), "-q")
     assert code == 2, text
@@ -123,19 +168,41 @@ def test_generate_chains_interpolator_then_upscaler(tmp_path: Path, assets: Path
     assert (info.frames, info.height, info.width, info.fps) == (17, 128, 192, pytest.approx(16.0))
 
 
+def test_generate_upscales_with_denoise_and_ensemble(tmp_path: Path, assets: Path, t2v_dir: Path) -> None:
+    """--upscale-denoise / --upscale-ensemble reach the chain's upscaler: the output is the blended
+    model's self-ensemble of the base model's clip (the same seed, upscaled here by hand)."""
+    from osp.upscale import load_upscaler
+
+    base, out = tmp_path / "base.mp4", tmp_path / "finished.mp4"
+    common = ["generate", "a red circle", "--model", str(t2v_dir), "--steps", "2", "-q"]
+    assert run(*common, "-o", str(base))[0] == 0
+    code, text = run(*common, "-o", str(out), "--upscale", "4", "--upscaler", str(assets / "up"),
+                     "--upscale-denoise", "0.5", "--upscale-ensemble")  # fmt: skip
+    assert code == 0, text
+    blend = load_upscaler(assets / "up").blended(load_upscaler(assets / "up-denoise"), 0.5).eval()
+    with torch.inference_mode():
+        clip = to_model(read_video(base).frames)[None]
+        expected = from_model(blend.upscale(clip, 4, ensemble=True)[0])
+        plain = from_model(blend.upscale(clip, 4)[0])
+    got = read_video(out).frames
+    assert got.shape == expected.shape == (9, 3, 128, 192)
+    assert (got.float() - expected.float()).abs().mean() < (got.float() - plain.float()).abs().mean()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--upscale", "3"], "--upscale 3: this upscaler makes x2 or x4"),
         (["--interpolate", "3"], "--interpolate 3: this interpolator makes x2 or x4"),
         (["--upscale", "2", "--upscaler", "{rife}"], "holds an interpolator, not an upscaler"),
+        (["--upscale", "2", "--upscaler", "{upx2}", "--upscale-denoise", "0.5"], "--upscale-denoise: "),
     ],
 )
 def test_generate_refuses_a_bad_chain_before_sampling(
     tmp_path: Path, assets: Path, t2v_dir: Path, args: list[str], message: str
 ) -> None:
     out = tmp_path / "out" / "chain.mp4"
-    names = {"rife": assets / "rife"}
+    names = {"rife": assets / "rife", "upx2": assets / "up-x2"}
     code, text = run("generate", "a red circle", "--model", str(t2v_dir), "-o", str(out), "--upscaler",
                      str(assets / "up"), "--interpolator", str(assets / "rife"),
                      *[a.format(**names) for a in args], "-q")  # fmt: skip

@@ -124,6 +124,50 @@ def load_finisher(
     return load_interpolator(path, dtype=dtype, device=device)
 
 
+DENOISE_SUFFIX = "-denoise"
+
+
+def denoise_partner(upscaler: Path) -> Path | None:
+    """The folder beside an upscaler named like it with ``-denoise``, if there is one: its denoising
+    partner (:func:`load_upscaler_blend`)."""
+    sibling = upscaler.with_name(upscaler.name + DENOISE_SUFFIX)
+    return sibling if (sibling / CONFIG_NAME).is_file() else None
+
+
+def load_upscaler_blend(
+    model: str | Path | None,
+    weights: Path | None,
+    denoise: float | None,
+    denoise_model: str | Path | None = None,
+    *,
+    scale: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    option: str = "--denoise",
+) -> SRVGGUpscaler:
+    """The upscaler ``load_finisher`` gives, blended with its denoising partner by ``denoise`` in
+    [0, 1] (:meth:`SRVGGUpscaler.blended`; 0 is the model itself, 1 the partner). The partner is
+    ``denoise_model`` (a folder, name or released file), else the folder beside the model named like it
+    with ``-denoise`` (the bundled upscalers have one)."""
+    up = load_finisher("upscaler", model, weights, scale=scale, dtype=dtype, device=device)
+    assert isinstance(up, SRVGGUpscaler)
+    if denoise is None:
+        if denoise_model is not None:
+            raise ConfigError(f"--denoise-model: give {option} too (the strength of the blend)")
+        return up
+    if denoise_model is None:
+        base = weights if weights is not None else resolve_finisher(model, "upscaler", scale)
+        denoise_model = denoise_partner(base)
+        if denoise_model is None:
+            raise ConfigError(
+                f"{option}: {base} has no denoising partner (no upscaler folder {base.name}{DENOISE_SUFFIX} "
+                "beside it); name one with --denoise-model"
+            )
+    partner = load_finisher("upscaler", denoise_model, dtype=dtype, device=device)
+    assert isinstance(partner, SRVGGUpscaler)
+    return up.blended(partner, denoise)
+
+
 # ------------------------------------------------------------------------------------------ chain
 
 
@@ -211,12 +255,15 @@ class Finisher:
         upscale: int | None = None,
         interpolator: str | Path | None = None,
         upscaler: str | Path | None = None,
+        upscale_denoise: float | None = None,
+        upscale_ensemble: bool = False,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         engine: object | None = None,
     ) -> Finisher:
         """Load the models and check the factors (before any generation). An ``engine`` with a
-        ``finisher`` method (an exported folder's) runs the models it holds instead of the eager ones."""
+        ``finisher`` method (an exported folder's) runs the models it holds instead of the eager ones.
+        ``upscale_denoise``, ``upscale_ensemble``: as ``osp upscale --denoise`` / ``--ensemble``."""
         finisher = cls()
 
         def net(kind: Kind, model: str | Path | None) -> Net | None:
@@ -234,11 +281,17 @@ class Finisher:
             # An engine runs the upscaler it was exported with (the default x4 unless one was named);
             # eager, the default is the bundled model made for this scale.
             exported = net("upscaler", upscaler)
+            if exported is not None and upscale_denoise is not None:
+                raise ConfigError(
+                    "--upscale-denoise: the engine runs the upscaler it was exported with; the blend is "
+                    "of eager weights (--engine torch)"
+                )
             scale = None if exported is not None else upscale
-            up = load_finisher("upscaler", upscaler, scale=scale, dtype=dtype, device=device)
-            assert isinstance(up, SRVGGUpscaler)
+            up = load_upscaler_blend(upscaler, None, upscale_denoise, scale=scale, dtype=dtype,
+                                     device=device, option="--upscale-denoise")  # fmt: skip
             check_scale(up, upscale, "--upscale")
-            finisher.upscale, finisher.scale = upscale_clip(up, upscale, "auto", exported), upscale
+            run = upscale_clip(up, upscale, "auto", exported, ensemble=upscale_ensemble)
+            finisher.upscale, finisher.scale = run, upscale
         return finisher
 
     def __call__(
@@ -287,6 +340,10 @@ class UpscaleConfig(FinishConfig):
     ensemble: bool = Field(
         False, description="the mean over each frame's 8 flips and transposes (8x the time)"
     )
+    denoise: float | None = Field(
+        None, ge=0.0, le=1.0, description="blend with the denoising partner: 0 none, 1 all of it"
+    )
+    denoise_model: str | None = None  # the partner (folder, name or file); None: the model's -denoise
 
 
 class InterpolateConfig(FinishConfig):
@@ -322,10 +379,10 @@ def run_upscale(cfg: UpscaleConfig, progress: ProgressDisplay | None = None) -> 
     # 1. Check the request, then load the model (small) and check the scale, before reading frames.
     _check_input(cfg)
     t0 = time.perf_counter()
-    model = load_finisher(
-        "upscaler", cfg.model, cfg.weights, scale=cfg.scale, dtype=DTYPES[cfg.dtype], device=cfg.device
-    )
-    assert isinstance(model, SRVGGUpscaler)
+    model = load_upscaler_blend(
+        cfg.model, cfg.weights, cfg.denoise, cfg.denoise_model,
+        scale=cfg.scale, dtype=DTYPES[cfg.dtype], device=cfg.device,
+    )  # fmt: skip
     scale = cfg.scale or model.config.scale
     check_scale(model, scale)
     with progress.step("read video"):

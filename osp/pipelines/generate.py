@@ -68,6 +68,8 @@ class GenerateConfig(Config):
     upscale: int | None = Field(None, ge=1)
     interpolator: str | None = None
     upscaler: str | None = None
+    upscale_denoise: float | None = Field(None, ge=0.0, le=1.0)  # blend with the upscaler's -denoise partner
+    upscale_ensemble: bool = False  # the upscaler's 8-symmetry self-ensemble
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -108,7 +110,9 @@ def run_generate(
     """
     pipe, built = loaded or load_generator(cfg, engine)
     finish = Finisher.build(interpolate=cfg.interpolate, upscale=cfg.upscale, interpolator=cfg.interpolator,
-                            upscaler=cfg.upscaler, dtype=DTYPES[cfg.dtype], device=cfg.device, engine=built)  # fmt: skip
+                            upscaler=cfg.upscaler, upscale_denoise=cfg.upscale_denoise,
+                            upscale_ensemble=cfg.upscale_ensemble, dtype=DTYPES[cfg.dtype],
+                            device=cfg.device, engine=built)  # fmt: skip
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
                   seed=cfg.seed, noise=cfg.noise, progress=progress,
                   denoiser=None if built is None else built.denoiser(),

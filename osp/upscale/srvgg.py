@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from osp.config import Config
-from osp.errors import ShapeError
+from osp.errors import ConfigError, ShapeError, WeightsError
 from osp.io.weights import Pretrained
 from osp.layers.tiling import AxisMap, tiled_apply
 
@@ -132,6 +132,29 @@ class SRVGGUpscaler(Pretrained):
             for outer in (0, 1, -1):  # the first convolution and activation, the last convolution
                 deeper.body[outer].load_state_dict(self.body[outer].state_dict())
         return deeper.train(self.training)
+
+    def blended(self, other: SRVGGUpscaler, weight: float) -> SRVGGUpscaler:
+        """The network whose every parameter is ``(1 - weight) * self's + weight * other's``.
+
+        Two fine-tunes of one network (one for clean input, one for noisy, compressed input) blend into
+        a model between them: Real-ESRGAN's denoise strength, which blends ``realesr-general-wdn-x4v3``
+        with ``realesr-general-x4v3``. Networks trained apart have unrelated channels and do not blend."""
+        if other.config != self.config:
+            raise WeightsError(
+                f"denoise: the two upscalers differ ({self.config.model_dump()} vs {other.config.model_dump()}); "
+                "only fine-tunes of one network blend"
+            )
+        if not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"denoise: {weight} is outside [0, 1]")
+        first = next(self.parameters())
+        mixed = SRVGGUpscaler(self.config).to(first.device, first.dtype)
+        theirs = other.state_dict()
+        with torch.no_grad():
+            mixed.load_state_dict({
+                name: torch.lerp(mine.float(), theirs[name].to(mine.device).float(), weight).to(mine.dtype)
+                for name, mine in self.state_dict().items()
+            })  # fmt: skip
+        return mixed.train(self.training)
 
     # ---- frames ----
     def forward_frames(self, x: torch.Tensor) -> torch.Tensor:

@@ -113,6 +113,10 @@ class _KeepArgs(click.Command):
 @click.option("--interpolator", default=None, help="Interpolator folder or name; default the bundled one.")
 @click.option("--upscaler", default=None,
               help="Upscaler folder or name; default the bundled one made for --upscale.")  # fmt: skip
+@click.option("--upscale-denoise", type=click.FloatRange(0.0, 1.0), default=None,
+              help="As osp upscale --denoise: blend the upscaler with its denoising partner.")  # fmt: skip
+@click.option("--upscale-ensemble", is_flag=True,
+              help="As osp upscale --ensemble: average 8 flips and transposes (8x the upscaling time).")  # fmt: skip
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
 @click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
@@ -141,6 +145,8 @@ def generate(
     upscale: int | None,
     interpolator: str | None,
     upscaler: str | None,
+    upscale_denoise: float | None,
+    upscale_ensemble: bool,
     gif: bool,
     grid: bool,
     dtype: str,
@@ -197,6 +203,8 @@ def generate(
             upscale=upscale,
             interpolator=interpolator,
             upscaler=upscaler,
+            upscale_denoise=upscale_denoise,
+            upscale_ensemble=upscale_ensemble,
             gif=gif,
             grid=grid,
             dtype=dtype,

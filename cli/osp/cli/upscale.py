@@ -28,12 +28,19 @@ from osp.cli.common import DTYPE_CHOICE, console
               help="Spatial tile overlap, in input pixels.")  # fmt: skip
 @click.option("--ensemble", is_flag=True,
               help="Average each frame's 8 flips and transposes (the SR self-ensemble): 8x the time.")  # fmt: skip
+@click.option("--denoise", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Denoise strength: blend the model with its denoising partner, 0 (none) to 1 (all), "
+                   "as Real-ESRGAN's -dn; for noisy or compressed input.")  # fmt: skip
+@click.option("--denoise-model", default=None,
+              help="The partner --denoise blends with (folder, name or .pth); default the model's "
+                   "'-denoise' twin beside it.")  # fmt: skip
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def upscale(
     video: Path, out: Path, scale: int | None, model: str | None, weights: Path | None, tile: bool | None,
-    tile_size: int, tile_overlap: int, ensemble: bool, dtype: str, device: str, quiet: bool,
+    tile_size: int, tile_overlap: int, ensemble: bool, denoise: float | None, denoise_model: str | None,
+    dtype: str, device: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Upscale VIDEO by --scale and write OUT."""
     from osp.pipelines.finish import UpscaleConfig, run_upscale
@@ -41,7 +48,8 @@ def upscale(
 
     cfg = UpscaleConfig.from_dict(
         dict(video=video, out=out, scale=scale, model=model, weights=weights, tile=tile, dtype=dtype,
-             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), ensemble=ensemble),
+             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), ensemble=ensemble,
+             denoise=denoise, denoise_model=denoise_model),
         source="options",
     )  # fmt: skip
     with ProgressDisplay(enabled=not quiet) as progress:
