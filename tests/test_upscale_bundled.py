@@ -121,9 +121,9 @@ def test_bundled_interpolator_beats_blending_on_held_out_shapes() -> None:
 
 def test_bundled_interpolator_beats_blending_on_held_out_video() -> None:
     """bigbuckbunny (never trained on), the benchmark's first clip, 9 frames at 128x128: every other
-    frame restored gains 1.24 dB over linear blending, three of every four (made as x2 of x2) 1.44 dB.
-    Gains vary from clip to clip (frames 60-68 lose 2.3 dB at this size); the benchmark's mean over
-    three 33-frame clips at 256x256 is +1.93 dB (benchmarks/results/finish_quality.md)."""
+    frame restored gains 1.19 dB over linear blending, three of every four (made as x2 of x2) 1.58 dB.
+    Gains vary from clip to clip (frames 60-68 lose 1.9 dB at this size); the benchmark's mean over
+    three 33-frame clips at 256x256 is +2.02 dB (benchmarks/results/finish_quality.md)."""
     clip = read_video(sample_video("bigbuckbunny"), num_frames=9, start_frame=0, size=128).frames
     model = load_finisher("interpolator")
     assert isinstance(model, IFNetInterpolator) and model.config.recursive
