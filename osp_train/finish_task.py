@@ -37,7 +37,7 @@ from osp_train.train import Task
 def build_finisher(cfg: TrainConfig) -> Pretrained:
     """The upscaler / interpolator from a preset, an osp weights folder or a released checkpoint
     (Real-ESRGAN .pth, RIFE flownet.pkl) to fine-tune, with ``model_overrides`` applied (a larger
-    ``num_conv`` deepens a trained upscaler without changing what it computes)."""
+    ``num_conv`` or ``num_feat`` deepens or widens a trained upscaler without changing what it computes)."""
     upscale = cfg.task == "upscale"
     cls: type[Pretrained] = SRVGGUpscaler if upscale else IFNetInterpolator
     presets: dict[str, Any] = UPSCALER_CONFIGS if upscale else INTERPOLATOR_CONFIGS
@@ -55,6 +55,9 @@ def build_finisher(cfg: TrainConfig) -> Pretrained:
     if isinstance(loaded, SRVGGUpscaler) and overrides.get("num_conv", 0) > loaded.config.num_conv:
         # A deeper upscaler starts as the loaded one: identity layers between the trained ones.
         loaded = loaded.deepened(overrides.pop("num_conv"))
+    if isinstance(loaded, SRVGGUpscaler) and overrides.get("num_feat", 0) > loaded.config.num_feat:
+        # A wider one too: copied channels (a little noise on the copies' outgoing weights, so they part).
+        loaded = loaded.widened(overrides.pop("num_feat"), noise=0.01, seed=cfg.seed)
     if not overrides:
         return loaded.train()
     # Other overrides must keep every tensor's shape (e.g. factors); the weights are loaded strictly.

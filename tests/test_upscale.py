@@ -184,6 +184,27 @@ def test_deepened_computes_what_it_computed(act_type: str) -> None:
         leaky.deepened(4)
 
 
+@pytest.mark.parametrize("act_type", ["prelu", "relu", "leakyrelu"])
+def test_widened_computes_what_it_computed(act_type: str) -> None:
+    """Net2Net's wider network: every hidden layer gains copied channels whose outgoing weights are
+    shared out, so the output is the narrower network's; with noise the copies part a little."""
+    torch.manual_seed(0)
+    model = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(act_type=act_type)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    wider = model.widened(13).eval()
+    assert wider.config.num_feat == 13 and wider.body[0].weight.shape[0] == 13
+    assert wider.body[-1].weight.shape == (48, 13, 3, 3)  # 3 * 4 * 4 output channels, as before
+    video = torch.rand(1, 3, 4, 12, 10) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(wider(video), model(video), atol=1e-5, rtol=1e-5)
+        noisy = model.widened(13, noise=0.01).eval()(video)
+        assert 0 < (noisy - model(video)).abs().max() < 0.05
+    with pytest.raises(ShapeError, match=r"num_feat: a network is only widened"):
+        model.widened(4)
+
+
 def test_ensemble_is_equivariant_to_flips_and_transposes() -> None:
     """The self-ensemble averages the 8 symmetries of the square, so (unlike the network itself) its
     output flips and transposes with its input; tiled, it stays within the tiling's 50 dB; the progress

@@ -179,7 +179,8 @@ def test_task_refuses_what_the_model_cannot_train(
 
 def test_num_conv_override_deepens_a_trained_upscaler(clips: Path, tmp_path: Path) -> None:
     """``model_overrides: {num_conv: N}`` on weights with fewer layers starts training from the same
-    function (identity layers added); the other overrides still load strictly."""
+    function (identity layers added), ``{num_feat: N}`` on narrower ones from nearly the same (copied
+    channels, their outgoing weights a little apart); other overrides still load strictly."""
     from osp.cli.train import load_config
     from osp_train.finish_task import build_finisher
 
@@ -192,5 +193,10 @@ def test_num_conv_override_deepens_a_trained_upscaler(clips: Path, tmp_path: Pat
     video = torch.rand(1, 3, 3, 8, 8) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(deeper.eval()(video), trained(video), atol=1e-6, rtol=1e-5)
-    with pytest.raises(WeightsError, match="wrong shape"):  # wider is not deeper: the tensors do not fit
-        build_finisher(load_config(config, ("model_overrides.num_feat=16",)))
+    wider = build_finisher(load_config(config, ("model_overrides.num_feat=12",)))
+    assert isinstance(wider, SRVGGUpscaler) and wider.config.num_feat == 12 and wider.training
+    with torch.no_grad():
+        assert psnr(wider.eval()(video), trained(video), data_range=2.0) > 50
+        assert not torch.equal(wider.body[2].weight[:, 8:], wider.body[2].weight[:, :4])
+    with pytest.raises(WeightsError, match="wrong shape"):  # narrower: the tensors do not fit
+        build_finisher(load_config(config, ("model_overrides.num_feat=4",)))

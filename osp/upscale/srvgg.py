@@ -133,6 +133,46 @@ class SRVGGUpscaler(Pretrained):
                 deeper.body[outer].load_state_dict(self.body[outer].state_dict())
         return deeper.train(self.training)
 
+    def widened(self, num_feat: int, noise: float = 0.0, seed: int = 0) -> SRVGGUpscaler:
+        """This network with ``num_feat`` channels in every hidden layer, computing what it computes now.
+
+        Net2Net's wider network: each new channel copies an existing one's incoming weights, bias and
+        PReLU slope, and every copy's outgoing weights are divided among the copies, so the next layer
+        sums what it summed before. The copies get the same gradients, so ``noise`` (a fraction of each
+        outgoing weight tensor's standard deviation, added to the copies') lets them grow apart."""
+        old = self.config.num_feat
+        if num_feat < old:
+            raise ShapeError(f"num_feat: a network is only widened, {num_feat} < its {old}")
+        first = next(self.parameters())
+        wider = SRVGGUpscaler(self.config.replace(num_feat=num_feat)).to(first.device, first.dtype)
+        g = torch.Generator().manual_seed(seed)
+        source = torch.cat([torch.arange(old), torch.randint(old, (num_feat - old,), generator=g)])
+        share = torch.bincount(source, minlength=old).to(first.dtype)[source]  # copies of each channel
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        acts = [m for m in self.body if not isinstance(m, nn.Conv2d)]
+        new_convs = [m for m in wider.body if isinstance(m, nn.Conv2d)]
+        new_acts = [m for m in wider.body if not isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            for i, (conv, new) in enumerate(zip(convs, new_convs, strict=True)):
+                weight = conv.weight
+                if i > 0:  # input channels were widened: split each one's weights among its copies
+                    weight = weight[:, source] / share.view(1, -1, 1, 1)
+                    if noise:
+                        jitter = torch.randn(weight.shape, generator=g).to(weight) * noise * weight.std()
+                        weight = weight + jitter * (torch.arange(num_feat) >= old).view(1, -1, 1, 1).to(
+                            weight
+                        )
+                bias = conv.bias
+                assert bias is not None
+                if i < len(convs) - 1:  # output channels widened: copies
+                    weight, bias = weight[source], bias[source]
+                new.weight.copy_(weight)
+                new.bias.copy_(bias)  # type: ignore[union-attr]
+            for act, new_act in zip(acts, new_acts, strict=True):
+                if isinstance(act, nn.PReLU) and isinstance(new_act, nn.PReLU):
+                    new_act.weight.copy_(act.weight[source])
+        return wider.train(self.training)
+
     def blended(self, other: SRVGGUpscaler, weight: float) -> SRVGGUpscaler:
         """The network whose every parameter is ``(1 - weight) * self's + weight * other's``.
 
