@@ -37,7 +37,8 @@ from osp_train.train import Task
 def build_finisher(cfg: TrainConfig) -> Pretrained:
     """The upscaler / interpolator from a preset, an osp weights folder or a released checkpoint
     (Real-ESRGAN .pth, RIFE flownet.pkl) to fine-tune, with ``model_overrides`` applied (a larger
-    ``num_conv`` or ``num_feat`` deepens or widens a trained upscaler without changing what it computes)."""
+    ``num_conv`` deepens a trained upscaler without changing what it computes, a larger ``num_feat``
+    widens it, changing it only by the noise that lets the copied channels part)."""
     upscale = cfg.task == "upscale"
     cls: type[Pretrained] = SRVGGUpscaler if upscale else IFNetInterpolator
     presets: dict[str, Any] = UPSCALER_CONFIGS if upscale else INTERPOLATOR_CONFIGS

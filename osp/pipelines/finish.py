@@ -148,7 +148,7 @@ def load_upscaler_blend(
     """The upscaler ``load_finisher`` gives, blended with its denoising partner by ``denoise`` in
     [0, 1] (:meth:`SRVGGUpscaler.blended`; 0 is the model itself, 1 the partner). The partner is
     ``denoise_model`` (a folder, name or released file), else the folder beside the model named like it
-    with ``-denoise`` (the bundled upscalers have one)."""
+    with ``-denoise`` (as the bundled x2 upscaler has)."""
     up = load_finisher("upscaler", model, weights, scale=scale, dtype=dtype, device=device)
     assert isinstance(up, SRVGGUpscaler)
     if denoise is None:

@@ -147,7 +147,9 @@ class SRVGGUpscaler(Pretrained):
         wider = SRVGGUpscaler(self.config.replace(num_feat=num_feat)).to(first.device, first.dtype)
         g = torch.Generator().manual_seed(seed)
         source = torch.cat([torch.arange(old), torch.randint(old, (num_feat - old,), generator=g)])
-        share = torch.bincount(source, minlength=old).to(first.dtype)[source]  # copies of each channel
+        # How many copies each channel's source has, and which channels are the new copies.
+        share = torch.bincount(source, minlength=old)[source].to(first.device, first.dtype)
+        copy = (torch.arange(num_feat) >= old).to(first.device, first.dtype).view(1, -1, 1, 1)
         convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
         acts = [m for m in self.body if not isinstance(m, nn.Conv2d)]
         new_convs = [m for m in wider.body if isinstance(m, nn.Conv2d)]
@@ -159,9 +161,7 @@ class SRVGGUpscaler(Pretrained):
                     weight = weight[:, source] / share.view(1, -1, 1, 1)
                     if noise:
                         jitter = torch.randn(weight.shape, generator=g).to(weight) * noise * weight.std()
-                        weight = weight + jitter * (torch.arange(num_feat) >= old).view(1, -1, 1, 1).to(
-                            weight
-                        )
+                        weight = weight + jitter * copy
                 bias = conv.bias
                 assert bias is not None
                 if i < len(convs) - 1:  # output channels widened: copies
