@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Training clips for the finishing models' later stages (configs/demo/upscale-stage3.yaml,
-# interpolate-stage3.yaml, upscale-x2-stage2.yaml): runs/finish/finish128.jsonl, 2,300 5-frame 128x128 clips.
+# interpolate-stage3.yaml, upscale-x2-stage2.yaml and those after them): runs/finish/finish128.jsonl,
+# 2,300 5-frame 128x128 clips, and runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips.
 #
 #   scripts/finish_data.sh            # from the repository root, in the environment osp is installed in
 #
@@ -38,3 +39,20 @@ osp data pan $(osp samples --stills) $(for f in $PHOTOS; do echo "$SRC/$f"; done
     --count 25 --frames 5 --size 128 --travel 1.0 --min-scale 0.4 --seed 4 --overwrite
 osp data merge "$OUT/real128c/manifest.jsonl" "$OUT/real128d/manifest.jsonl" "$OUT/pan128b/manifest.jsonl" \
     -o "$OUT/finish128.jsonl"
+
+# runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips of the same sources, for the x4 upscaler's fourth
+# stage (configs/demo/upscale-stage4.yaml): at 128x128 a x4 model sees 32x32 inputs, most of whose pixels
+# lie within its receptive field of the zero-padded border. Crops are never enlarged: at least 55% of a
+# video's short side (95% for bikes), and only photographs whose short side is 400 px or more.
+osp data cut "$SRC/Megamind.avi" "$SRC/vtest.avi" "$SRC/box.mp4" "$SRC/cup.mp4" -o "$OUT/real256c" \
+    --count 150 --frames 3 --size 256 --min-scale 0.55 --seed 6 --overwrite
+osp data cut "$(osp samples bikes)" -o "$OUT/real256d" \
+    --count 200 --frames 3 --size 256 --min-scale 0.95 --seed 7 --overwrite
+# shellcheck disable=SC2046  # one path per word
+large=$(python -c 'import sys; from PIL import Image; print(" ".join(p for p in sys.argv[1:] if min(Image.open(p).size) >= 400))' \
+    $(for f in $PHOTOS; do echo "$SRC/$f"; done) $(osp samples --stills) \
+    "$sklearn_images/china.jpg" "$sklearn_images/flower.jpg")
+# shellcheck disable=SC2086  # one path per word
+osp data pan $large -o "$OUT/pan256" --count 12 --frames 3 --size 256 --travel 1.0 --min-scale 0.75 --seed 6 --overwrite
+osp data merge "$OUT/real256c/manifest.jsonl" "$OUT/real256d/manifest.jsonl" "$OUT/pan256/manifest.jsonl" \
+    -o "$OUT/finish256.jsonl"

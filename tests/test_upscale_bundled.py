@@ -77,7 +77,7 @@ def test_the_default_upscaler_is_the_one_made_for_the_scale() -> None:
 
 def test_bundled_x2_upscaler_beats_the_x4_models_x2_on_held_out_video() -> None:
     """bigbuckbunny (never trained on), 9 frames 128x128 from a 64x64 antialiased-bicubic input: the x2
-    model gains 1.08 dB over bicubic here and 0.18 dB over the x4 model's output area-downsampled by 2
+    model gains 1.08 dB over bicubic here and 0.15 dB over the x4 model's output area-downsampled by 2
     (RGB, no border crop; luma over four 256x256 clips: benchmarks/results/finish_quality.md)."""
     truth, low, bicubic = held_out(2)
     with torch.inference_mode():
@@ -90,7 +90,7 @@ def test_bundled_x2_upscaler_beats_the_x4_models_x2_on_held_out_video() -> None:
 def test_bundled_upscaler_beats_bicubic_on_held_out_video() -> None:
     """bigbuckbunny (never trained on), 9 frames 128x128 from a 32x32 antialiased-bicubic input: the
     shipped weights gain 0.70 dB over bicubic here (RGB, no border crop; the benchmark's luma figure
-    over four 256x256 clips is +0.77 dB)."""
+    over four 256x256 clips is +0.80 dB)."""
     truth, low, bicubic = held_out(4)
     with torch.inference_mode():
         ours = from_model(load_finisher("upscaler")(to_model(low)[None])[0])
