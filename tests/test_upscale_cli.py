@@ -89,18 +89,15 @@ def test_upscale_denoise_blends_the_model_with_its_partner(tmp_path: Path, asset
         assert code == 0, text
         return read_video(out).frames
 
-    # Each video is nearest the network expected to draw it (an mp4 round trip is lossy, and random
-    # tiny networks draw noise, so nearest rather than equal).
+    # Each video is nearest the network expected to draw it (an mp4 round trip is lossy, so nearest
+    # rather than equal).
     refs = [expected(model), expected(model.blended(partner, 0.5)), expected(partner)]
 
     def nearest(video: torch.Tensor) -> int:
         return min(range(3), key=lambda i: (video.float() - refs[i].float()).abs().mean().item())
 
-    assert [nearest(upscaled(*extra)) for extra in ((), ("--denoise", "0.5"), ("--denoise", "1"))] == [
-        0,
-        1,
-        2,
-    ]
+    drawn = [nearest(upscaled(*extra)) for extra in ((), ("--denoise", "0.5"), ("--denoise", "1"))]
+    assert drawn == [0, 1, 2]
     torch.save({"params_ema": partner.state_dict()}, tmp_path / "partner.pth")
     assert nearest(upscaled("--denoise", "1", "--denoise-model", str(tmp_path / "partner.pth"))) == 2
 
@@ -186,7 +183,10 @@ def test_generate_upscales_with_denoise_and_ensemble(tmp_path: Path, assets: Pat
         plain = from_model(blend.upscale(clip, 4)[0])
     got = read_video(out).frames
     assert got.shape == expected.shape == (9, 3, 128, 192)
-    assert (got.float() - expected.float()).abs().mean() < (got.float() - plain.float()).abs().mean()
+    # The chain upscales the clip before it is encoded, this test the decoded clip: nearest, not equal
+    # (mean errors 9.9 and 14.3 levels here).
+    errors = [(got.float() - ref.float()).abs().mean().item() for ref in (expected, plain)]
+    assert errors[0] < errors[1]
 
 
 @pytest.mark.parametrize(
