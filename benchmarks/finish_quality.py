@@ -202,8 +202,9 @@ def main() -> None:
     rife = load_finisher("interpolator", args.interpolator)
     assert isinstance(rife, IFNetInterpolator)
     models = {s: up for s, up in ups.items() if isinstance(up, SRVGGUpscaler) and s in up.config.scales}
-    made_by = {s: _relative(resolve_finisher(args.upscaler, "upscaler", s)) for s in models}
-    found = {s: denoise_partner(resolve_finisher(args.upscaler, "upscaler", s)) for s in models}
+    folders = {s: resolve_finisher(args.upscaler, "upscaler", s) for s in models}
+    made_by = {s: _relative(folder) for s, folder in folders.items()}
+    found = {s: denoise_partner(folder) for s, folder in folders.items()}
     partners = {s: load_upscaler(path) for s, path in found.items() if path is not None}
     sheets = args.out / "finish_sheets"
     sheets.mkdir(parents=True, exist_ok=True)
