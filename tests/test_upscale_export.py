@@ -1,6 +1,7 @@
 """Exported upscaler and interpolator: ONNX (GridSample) and AOTInductor files checked against eager
 PyTorch at shapes they were not traced at, the engines' finishers against the eager models, refusal of
-other weights, and the onnxruntime + numpy upscaling script."""
+other weights or another denoising blend, the exported blend (osp export --upscale-denoise), the CLI's
+refusals, and the onnxruntime + numpy upscaling script."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import onnx
 import pytest
 import test_export_onnx
 import torch
+from click.testing import CliRunner
 from torch.torch_version import TorchVersion
 
+from osp.cli.main import cli
 from osp.export.aoti import export_compiled
 from osp.export.manifest import EngineMismatchError, read_manifest
 from osp.export.onnx import export_onnx, finisher_source
@@ -33,10 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 def finishers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finishers")
     torch.manual_seed(0)
-    return {
-        "upscaler": SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(root / "up"),
+    up = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"])
+    folders = {
+        "upscaler": up.save_pretrained(root / "up"),
         "interpolator": IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).save_pretrained(root / "rife"),
     }
+    with torch.no_grad():  # its denoising partner: the same network, other weights
+        for p in up.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    up.save_pretrained(root / "up-denoise")
+    return folders
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +105,106 @@ def test_the_chain_runs_on_the_exported_finishers(
 def test_engine_refuses_finishers_of_other_weights(onnx_dir: Path, t2v_dir: Path, tmp_path: Path) -> None:
     torch.manual_seed(1)
     other = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"]).save_pretrained(tmp_path / "other")
-    with pytest.raises(EngineMismatchError, match="re-export with osp export --components upscaler"):
+    with pytest.raises(
+        EngineMismatchError,
+        match=r"re-export with osp export --model .* --components interpolator,upscaler --upscaler .*other --out",
+    ):
         OrtEngine(onnx_dir, t2v_dir).finisher("upscaler", other)
+
+
+@pytest.fixture(scope="module")
+def blended_dir(t2v_dir: Path, finishers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The upscaler exported as osp export --upscale-denoise 0.5 writes it."""
+    out = tmp_path_factory.mktemp("exports") / "blended"
+    export_onnx(t2v_dir, out, components=("upscaler",), finishers={"upscaler": finishers["upscaler"]},
+                upscale_denoise=0.5)  # fmt: skip
+    return out
+
+
+def test_exported_blend_matches_the_eager_blend(
+    blended_dir: Path, t2v_dir: Path, finishers: dict[str, Path]
+) -> None:
+    folder = finishers["upscaler"]
+    entry = read_manifest(blended_dir).components["upscaler"]
+    assert entry.build["denoise"] == "0.5"
+    assert (
+        entry.build["denoise_weights_sha256"]
+        == finisher_source(folder.with_name("up-denoise"))["weights_sha256"]
+    )
+    upscale = OrtEngine(blended_dir, t2v_dir).finisher("upscaler", folder, 0.5)
+    assert upscale is not None
+    model = SRVGGUpscaler.from_pretrained(folder)
+    blend = model.blended(SRVGGUpscaler.from_pretrained(folder.with_name("up-denoise")), 0.5)
+    video = torch.rand(1, 3, 3, 14, 18, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    with torch.no_grad():
+        expected, plain = blend.upscale(video, 4), model.upscale(video, 4)
+        got = blend.upscale(video, 4, net=upscale)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert (plain - expected).abs().max() > 0.01  # the blend is not the model itself
+
+
+def test_the_chain_runs_the_exported_blend(
+    blended_dir: Path, t2v_dir: Path, finishers: dict[str, Path]
+) -> None:
+    """osp generate --engine onnx --upscale 4 --upscale-denoise 0.5: the eager chain's frames."""
+    clip = torch.randint(
+        0, 256, (3, 3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(2)
+    )
+    kwargs = {"upscale": 4, "upscaler": str(finishers["upscaler"]), "upscale_denoise": 0.5}
+    eager = Finisher.build(**kwargs)([clip], 8.0)  # type: ignore[arg-type]
+    exported = Finisher.build(**kwargs, engine=OrtEngine(blended_dir, t2v_dir))([clip], 8.0)  # type: ignore[arg-type]
+    assert exported[0][0].shape == (3, 3, 48, 64)
+    assert (eager[0][0].int() - exported[0][0].int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("engine_dir", "denoise", "message"),
+    [
+        ("blended", None, "blended with .*up-denoise at 0.5, not .*up;"),
+        ("blended", 1.0, "at 0.5, not .* at 1; re-export with .* --upscale-denoise 1 --out"),
+        ("plain", 0.5, "exported from .*up, not .*up blended with .*up-denoise at 0.5"),
+    ],
+)
+def test_engine_refuses_another_blend(
+    onnx_dir: Path, blended_dir: Path, t2v_dir: Path, finishers: dict[str, Path],
+    engine_dir: str, denoise: float | None, message: str,
+) -> None:  # fmt: skip
+    engine = OrtEngine(blended_dir if engine_dir == "blended" else onnx_dir, t2v_dir)
+    with pytest.raises(EngineMismatchError, match=message):
+        engine.finisher("upscaler", finishers["upscaler"], denoise)
+
+
+def test_export_cli_writes_the_blend(t2v_dir: Path, finishers: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "engine"
+    result = CliRunner().invoke(cli, ["export", "--model", str(t2v_dir), "--out", str(out), "-q",
+                                      "--components", "upscaler", "--upscaler", str(finishers["upscaler"]),
+                                      "--upscale-denoise", "0.25"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert OrtEngine(out, t2v_dir).finisher("upscaler", finishers["upscaler"], 0.25) is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upscale-denoise", "0.5"], "--upscale-denoise: applies to the upscaler; add upscaler to --components"),
+        (["--components", "upscaler", "--interpolator", "{rife}"], "--interpolator: applies to the interpolator"),
+        (["--components", "upscaler", "--upscaler", "{rife}"], "holds an interpolator, not an upscaler"),
+        (["--components", "upscaler", "--upscaler", "{rife}", "--upscale-denoise", "0.5"], "holds an interpolator"),
+        (["--components", "upscaler", "--upscaler", "{alone}", "--upscale-denoise", "0.5"], "alone has no denoising partner"),
+        (["--bundle-for", "node", "--upscaler", "{up}"], "--bundle-for: a bundle holds"),
+        (["--target", "compile", "--upscaler", "{up}"], "--target compile without --out checks the transformer"),
+    ],
+)  # fmt: skip
+def test_export_refuses_bad_finishing_options(
+    t2v_dir: Path, finishers: dict[str, Path], tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out" / "engine"
+    alone = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x2"]).save_pretrained(tmp_path / "alone")
+    names = {"up": finishers["upscaler"], "rife": finishers["interpolator"], "alone": alone}
+    argv = ["export", "--model", str(t2v_dir), "-q", *[a.format(**names) for a in args]]
+    result = CliRunner().invoke(cli, argv + ([] if "compile" in args else ["--out", str(out)]))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not out.parent.exists()
 
 
 BLOCK_OSP_AND_TORCH = test_export_onnx.BLOCK_OSP_AND_TORCH

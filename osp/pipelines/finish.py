@@ -46,9 +46,10 @@ Net = Callable[..., torch.Tensor]
 @runtime_checkable
 class FinishingEngine(Protocol):
     """What an exported engine (osp.export.runtime) gives the chain: its upscaler or interpolator,
-    checked against the weights in ``folder``, or None when it holds none (the eager model runs)."""
+    checked against the weights in ``folder`` (an upscaler blended with its denoising partner by
+    ``denoise``, as exported), or None when it holds none (the eager model runs)."""
 
-    def finisher(self, kind: str, folder: Path) -> Net | None: ...
+    def finisher(self, kind: str, folder: Path, denoise: float | None = None) -> Net | None: ...
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -134,6 +135,17 @@ def denoise_partner(upscaler: Path) -> Path | None:
     return sibling if (sibling / CONFIG_NAME).is_file() else None
 
 
+def require_denoise_partner(upscaler: Path, option: str, hint: str = "") -> Path:
+    """:func:`denoise_partner`, or a ConfigError naming ``option`` and the missing folder."""
+    partner = denoise_partner(upscaler)
+    if partner is None:
+        raise ConfigError(
+            f"{option}: {upscaler} has no denoising partner (no upscaler folder "
+            f"{upscaler.name}{DENOISE_SUFFIX} beside it){hint}"
+        )
+    return partner
+
+
 def load_upscaler_blend(
     model: str | Path | None,
     weights: Path | None,
@@ -157,12 +169,7 @@ def load_upscaler_blend(
         return up
     if denoise_model is None:
         base = weights if weights is not None else resolve_finisher(model, "upscaler", scale)
-        denoise_model = denoise_partner(base)
-        if denoise_model is None:
-            raise ConfigError(
-                f"{option}: {base} has no denoising partner (no upscaler folder {base.name}{DENOISE_SUFFIX} "
-                "beside it); name one with --denoise-model"
-            )
+        denoise_model = require_denoise_partner(base, option, "; name one with --denoise-model")
     partner = load_finisher("upscaler", denoise_model, dtype=dtype, device=device)
     assert isinstance(partner, SRVGGUpscaler)
     return up.blended(partner, denoise)
@@ -266,10 +273,10 @@ class Finisher:
         ``upscale_denoise``, ``upscale_ensemble``: as ``osp upscale --denoise`` / ``--ensemble``."""
         finisher = cls()
 
-        def net(kind: Kind, model: str | Path | None) -> Net | None:
+        def net(kind: Kind, model: str | Path | None, denoise: float | None = None) -> Net | None:
             if not isinstance(engine, FinishingEngine):
                 return None
-            return engine.finisher(kind, resolve_finisher(model, kind))
+            return engine.finisher(kind, resolve_finisher(model, kind), denoise)
 
         if interpolate is not None and interpolate != 1:
             inter = load_finisher("interpolator", interpolator, dtype=dtype, device=device)
@@ -278,14 +285,10 @@ class Finisher:
             run = interpolate_clip(inter, interpolate, "auto", net("interpolator", interpolator))
             finisher.interpolate, finisher.factor = run, interpolate
         if upscale is not None and upscale != 1:
-            # An engine runs the upscaler it was exported with (the default x4 unless one was named);
-            # eager, the default is the bundled model made for this scale.
-            exported = net("upscaler", upscaler)
-            if exported is not None and upscale_denoise is not None:
-                raise ConfigError(
-                    "--upscale-denoise: the engine runs the upscaler it was exported with; the blend is "
-                    "of eager weights (--engine torch)"
-                )
+            # An engine runs the upscaler it was exported with (the default x4 unless one was named),
+            # refusing other weights or another blend; eager, the default is the bundled model made
+            # for this scale.
+            exported = net("upscaler", upscaler, upscale_denoise)
             scale = None if exported is not None else upscale
             up = load_upscaler_blend(upscaler, None, upscale_denoise, scale=scale, dtype=dtype,
                                      device=device, option="--upscale-denoise")  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +70,23 @@ if TYPE_CHECKING:
     "--interpolate with this engine.",
 )
 @click.option(
+    "--upscaler",
+    default=None,
+    help="--components upscaler: the upscaler folder or name to export (default the bundled x4).",
+)
+@click.option(
+    "--interpolator",
+    default=None,
+    help="--components interpolator: the interpolator folder or name to export (default the bundled one).",
+)
+@click.option(
+    "--upscale-denoise",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="--components upscaler: export it blended with its denoising partner (the <name>-denoise folder "
+    "beside it), as osp upscale --denoise; osp generate --upscale-denoise S runs it.",
+)
+@click.option(
     "--bundle-for",
     type=click.Choice(["node", "web"]),
     default=None,
@@ -125,6 +142,9 @@ def _export(
     opset: int | None,
     precision: str | None,
     components: str | None,
+    upscaler: str | None,
+    interpolator: str | None,
+    upscale_denoise: float | None,
     bundle_for: str | None,
     variants: str | None,
     mode: str,
@@ -139,6 +159,19 @@ def _export(
     model_dir = resolve_model(model_dir)
     read_spec(model_dir)  # a missing or foreign folder fails here, before any heavy import
     names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
+    named = {"upscaler": upscaler, "interpolator": interpolator}
+    finishers: dict[str, str | Path] = {k: v for k, v in named.items() if v is not None}
+    finishing = {"finishers": finishers, "upscale_denoise": upscale_denoise}
+
+    def exporting(parts: Sequence[str]) -> Sequence[str]:
+        """``parts``, once every finishing option names a component among them."""
+        asked = [*finishers, *(["upscale-denoise"] if upscale_denoise is not None else [])]
+        for option in asked:
+            component = "upscaler" if option == "upscale-denoise" else option
+            if component not in parts:
+                raise ConfigError(f"--{option}: applies to the {component}; add {component} to --components")
+        return parts
+
     if (bundle_for or variants) and target != "onnx":
         raise ConfigError(f"--bundle-for: a bundle holds ONNX files; use --target onnx, not {target}")
     if variants and not bundle_for:
@@ -147,11 +180,12 @@ def _export(
         from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
         from osp.export.aoti import export_compiled
 
-        parts = names or COMPILED_COMPONENTS
+        parts = exporting(names or COMPILED_COMPONENTS)
         with _components_step(progress, "compile packages", len(parts)) as report:
             export_compiled(
                 model_dir, out, frames=frames, size=size, precision=precision or "fp32",
                 components=parts, dynamic=dynamic is not False, mode=mode, device=device, report=report,
+                **finishing,
             )  # fmt: skip
         console.print(f"wrote {out}")
         return
@@ -160,6 +194,11 @@ def _export(
             f"--device: only --target compile --out builds for a device (this is --target {target})"
         )
     if target == "compile":
+        if finishers or upscale_denoise is not None:
+            raise ConfigError(
+                "--target compile without --out checks the transformer only; give --out DIR to compile "
+                "the finishing models"
+            )
         from osp.export.compile import check_compiled
 
         with progress.step("compile transformer"):
@@ -173,10 +212,11 @@ def _export(
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
     if target == "onnx" and bundle_for:
-        if names or precision or flavour not in (None, "ort"):
+        if names or precision or flavour not in (None, "ort") or finishers or upscale_denoise is not None:
             raise ConfigError(
                 "--bundle-for: a bundle holds the text encoder, transformer and VAE decoder in flavour ort; "
-                "choose its weights with --variants, not --components, --precision or --flavour"
+                "choose its weights with --variants, not --components, --precision, --flavour or the "
+                "finishing models' options"
             )
         from osp.export.bundle import export_bundle
 
@@ -189,11 +229,11 @@ def _export(
     elif target == "onnx":
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
-        parts = names or DEFAULT_COMPONENTS
+        parts = exporting(names or DEFAULT_COMPONENTS)
         with _components_step(progress, "export onnx", len(parts)) as report:
             export_onnx(
                 model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
-                components=parts, precision=precision or "fp32", report=report,
+                components=parts, precision=precision or "fp32", report=report, **finishing,
             )  # fmt: skip
     else:
         if flavour == "ort-mha":
@@ -204,11 +244,11 @@ def _export(
         from osp.export.tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()
-        parts = names or ("transformer", "vae_decoder")
+        parts = exporting(names or ("transformer", "vae_decoder"))
         with _components_step(progress, "build engines", len(parts)) as report:
             export_tensorrt(
                 model_dir, out, frames=frames, size=size, flavour=flavour or "trt", precision=precision or "fp16",
-                opset=opset, components=parts, report=report,
+                opset=opset, components=parts, report=report, **finishing,
             )  # fmt: skip
     console.print(f"wrote {out}")
 

@@ -215,9 +215,11 @@ def export_compiled(
     device: str = "cpu",
     report: Callable[[str], None] | None = None,
     finishers: dict[str, str | Path] | None = None,
+    upscale_denoise: float | None = None,
 ) -> Manifest:
     """Compile a pipeline folder's components to ``out`` (replaced only once everything passed).
-    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones)."""
+    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones);
+    ``upscale_denoise``: the upscaler blended with its denoising partner (``osp upscale --denoise``)."""
     min_torch()
     model_dir, out = Path(model_dir), Path(out)
     if precision not in PRECISIONS:
@@ -234,7 +236,9 @@ def export_compiled(
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
     specs = [
         _cast(s, PRECISIONS[precision])
-        for s in component_specs(pipe, frames, size, components, finishers=finishers)
+        for s in component_specs(
+            pipe, frames, size, components, finishers=finishers, upscale_denoise=upscale_denoise
+        )
     ]
     entries = {}
     with staged_folder(out) as stage:

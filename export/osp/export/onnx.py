@@ -65,9 +65,14 @@ from osp.export.specs import (
     vae_encoder_spec,
 )
 from osp.interpolate import IFNetInterpolator
-from osp.pipelines.finish import Kind, load_finisher, resolve_finisher
+from osp.pipelines.finish import (
+    Kind,
+    load_finisher,
+    load_upscaler_blend,
+    require_denoise_partner,
+    resolve_finisher,
+)
 from osp.pipelines.text_to_video import TextToVideo, VideoPipeline, load_pipeline
-from osp.upscale import SRVGGUpscaler
 
 Flavour = Literal["ort", "ort-mha", "trt"]
 OnnxPrecision = Literal["fp32", "int8"]
@@ -458,22 +463,36 @@ def compare(component: str, expected: Sequence[np.ndarray], got: Sequence[np.nda
     return VerifyEntry(runtime=runtime, sizes=sizes, max_abs=max_abs, max_rel=max_rel, tolerance=tolerance)
 
 
-def finisher_source(folder: Path) -> dict[str, str]:
-    """Where a finishing model came from: its folder and the sha256 of its config and weights."""
+def _folder_sha256(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.glob("*") if p.is_file()):
         digest.update(path.name.encode() + b"\0" + file_hash(path).encode())
-    return {"weights": str(folder.resolve()), "weights_sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def finisher_source(folder: Path, denoise: float | None = None) -> dict[str, str]:
+    """Where a finishing model came from: its folder and the sha256 of its config and weights; for an
+    upscaler blended with its denoising partner (``osp upscale --denoise``), also the strength and the
+    partner's folder and sha256."""
+    source = {"weights": str(folder.resolve()), "weights_sha256": _folder_sha256(folder)}
+    if denoise is not None:
+        partner = require_denoise_partner(folder, "--upscale-denoise")
+        source |= {"denoise": f"{denoise:g}", "denoise_weights": str(partner.resolve()),
+                   "denoise_weights_sha256": _folder_sha256(partner)}  # fmt: skip
+    return source
 
 
 def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], names: Sequence[str],
-                    max_batch: int = 4, finishers: dict[str, str | Path] | None = None
-                    ) -> list[ComponentSpec]:  # fmt: skip
+                    max_batch: int = 4, finishers: dict[str, str | Path] | None = None,
+                    upscale_denoise: float | None = None) -> list[ComponentSpec]:  # fmt: skip
     """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``.
-    ``finishers`` names the upscaler / interpolator (folder or model name; default the bundled ones)."""
+    ``finishers`` names the upscaler / interpolator (folder or model name; default the bundled ones);
+    ``upscale_denoise`` blends the upscaler with its denoising partner (``osp upscale --denoise``)."""
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ConfigError(f"components: unknown {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
+    if upscale_denoise is not None and "upscaler" not in names:
+        raise ConfigError("--upscale-denoise: applies to the upscaler; add upscaler to --components")
     _, t, h, w = pipe.latent_shape(frames, size)
     specs = []
     for name in names:
@@ -489,13 +508,15 @@ def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], nam
             folder = resolve_finisher((finishers or {}).get(name), kind)
             if not folder.is_dir():
                 raise ConfigError(f"{name}: exports take an osp weights folder, not {folder}")
-            model = load_finisher(kind, folder)
-            if isinstance(model, SRVGGUpscaler):
-                specs.append(upscaler_spec(model, frames, size, max_batch, finisher_source(folder)))
+            if kind == "upscaler":
+                up = load_upscaler_blend(folder, None, upscale_denoise, option="--upscale-denoise")
+                source = finisher_source(folder, upscale_denoise)
+                specs.append(upscaler_spec(up, frames, size, max_batch, source))
             else:
-                assert isinstance(model, IFNetInterpolator)
+                inter = load_finisher(kind, folder)
+                assert isinstance(inter, IFNetInterpolator)
                 batch = max(64, 16 * max_batch)  # new frames of a batch of clips, each (frames - 1) * (f - 1)
-                specs.append(interpolator_spec(model, size, batch, finisher_source(folder)))
+                specs.append(interpolator_spec(inter, size, batch, finisher_source(folder)))
         else:
             if not isinstance(pipe, TextToVideo):
                 raise ConfigError("components: a class-to-video model has no text_encoder")
@@ -517,9 +538,11 @@ def export_onnx(
     precision: OnnxPrecision = "fp32",
     report: Callable[[str], None] | None = None,
     finishers: dict[str, str | Path] | None = None,
+    upscale_denoise: float | None = None,
 ) -> Manifest:
     """Export a pipeline folder's components to ``out`` (replaced only once everything passed).
-    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones)."""
+    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones);
+    ``upscale_denoise``: the upscaler blended with its denoising partner (``osp upscale --denoise``)."""
     model_dir, out = Path(model_dir), Path(out)
     if opset not in OPSETS:
         raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
@@ -533,7 +556,9 @@ def export_onnx(
         )
     pipe = load_pipeline(model_dir)
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
-    specs = component_specs(pipe, frames, size, components, finishers=finishers)
+    specs = component_specs(
+        pipe, frames, size, components, finishers=finishers, upscale_denoise=upscale_denoise
+    )
     entries = {}
     with staged_folder(out) as stage:
         for spec in specs:

@@ -115,6 +115,14 @@ class CompiledEngine(TorchEngine):
         return decode
 
 
+def _weights_of(source: dict[str, str]) -> str:
+    """A finishing model's source as a person reads it: its folder, and any denoising blend."""
+    weights = source.get("weights", "-")
+    if "denoise" in source:
+        return f"{weights} blended with {source.get('denoise_weights', '-')} at {source['denoise']}"
+    return weights
+
+
 class _Exported:
     """Shared by the exported engines (compiled packages, ONNX Runtime, TensorRT): the manifest and its
     checks, and the denoiser and decoder, built on each engine's ``first_output``."""
@@ -175,10 +183,13 @@ class _Exported:
         run = self.first_output("vae_decoder")
         return lambda latents: run({"latents": latents}).float().to(latents.device)
 
-    def finisher(self, kind: str, folder: Path) -> Callable[..., torch.Tensor] | None:
+    def finisher(
+        self, kind: str, folder: Path, denoise: float | None = None
+    ) -> Callable[..., torch.Tensor] | None:
         """The exported ``upscaler`` (video -> video) or ``interpolator`` ((frame0, frame1, t) ->
         frame, any size: padded to the exported multiple and cropped, in chunks of the exported batch),
-        refused if it was exported from other weights than ``folder`` holds; None if not exported."""
+        refused if it was exported from other weights than ``folder`` holds (for an upscaler, blended
+        with its denoising partner by ``denoise``, or not blended); None if not exported."""
         entry = self.manifest.components.get(kind)
         if entry is None:
             return None
@@ -187,10 +198,20 @@ class _Exported:
                 f"--engine-dir {self.folder}: its {kind} records no source weights, so it cannot be checked "
                 f"against {folder}; re-export it with osp export --target onnx or compile --components {kind}"
             )
-        if entry.build["weights_sha256"] != finisher_source(Path(folder))["weights_sha256"]:
+        wanted = finisher_source(Path(folder), denoise)
+        if any(
+            entry.build.get(k) != wanted.get(k)
+            for k in ("weights_sha256", "denoise", "denoise_weights_sha256")
+        ):
+            m = self.manifest
+            command = (
+                f"osp export --model {m.source} --target {m.target} --components {','.join(m.components)} "
+                f"--{kind} {folder}"
+                + (f" --upscale-denoise {wanted['denoise']}" if "denoise" in wanted else "")
+            )
             raise EngineMismatchError(
-                f"--engine-dir {self.folder}: its {kind} was exported from {entry.build.get('weights', '-')}, "
-                f"not {folder}; re-export with osp export --components {kind} --out {self.folder}"
+                f"--engine-dir {self.folder}: its {kind} was exported from {_weights_of(entry.build)}, not "
+                f"{_weights_of(wanted)}; re-export with {command} --out {self.folder}"
             )
         run = self.first_output(kind)
         if kind == "upscaler":

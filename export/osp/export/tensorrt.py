@@ -209,8 +209,11 @@ def export_tensorrt(
     components: Sequence[str] = ("transformer", "vae_decoder"),
     timing_cache: Path | None = None,
     report: Any = None,
+    finishers: dict[str, str | Path] | None = None,
+    upscale_denoise: float | None = None,
 ) -> Any:
-    """ONNX export, then one engine per component, each checked against eager PyTorch on the GPU."""
+    """ONNX export, then one engine per component, each checked against eager PyTorch on the GPU.
+    ``finishers``, ``upscale_denoise``: as :func:`osp.export.onnx.export_onnx`'s."""
     import json
 
     from osp import __version__
@@ -229,7 +232,9 @@ def export_tensorrt(
     tolerance = 1e-3 if precision == "fp32" else 3e-2
     entries = {}
     with staged_folder(out) as stage:
-        for spec in component_specs(pipe, frames, size, components, max_batch=2):
+        specs = component_specs(pipe, frames, size, components, max_batch=2, finishers=finishers,
+                                upscale_denoise=upscale_denoise)  # fmt: skip
+        for spec in specs:
             entry = export_component(spec, stage, flavour=flavour, opset=opset, verify=flavour == "ort")
             lo = {n: a.min for n, a in spec.axes.items()}
             hi = {n: min(max(spec.sample[n], spec.check[n]), a.max) for n, a in spec.axes.items()}
