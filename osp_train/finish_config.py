@@ -43,11 +43,13 @@ class DegradeConfig(Config):
 
 class UpscaleTaskConfig(Config):
     """``task: upscale``: pairs made on the fly from ``data`` clips (the high-resolution targets);
-    loss = l1_weight * |y - x| + perceptual_weight * P(y, x), averaged over frames."""
+    loss = l1_weight * |y - x| + luma_weight * |Y(y) - Y(x)| + perceptual_weight * P(y, x), averaged
+    over frames, Y the BT.601 luma (what the SR literature's PSNR and SSIM are measured on)."""
 
     scale: int | None = Field(None, ge=2, le=4, description="None: the model's own scale")
     degrade: DegradeConfig = DegradeConfig()
     l1_weight: float = Field(1.0, ge=0)
+    luma_weight: float = Field(0.0, ge=0)
     perceptual_weight: float = Field(0.1, ge=0)
     # As vae_loss.perceptual: "lpips:/path/to/weights.pth", "fallback" (image-gradient L1) or "none".
     perceptual: str = "fallback"

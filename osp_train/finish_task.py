@@ -2,7 +2,7 @@
 
 * ``upscale``: each ``data`` clip is the high-resolution target; its input is made in the step by
   osp_train.degrade (blur, downscale, noise, H.264, or a clean bicubic downscale), drawn from the
-  step's generator, so a resumed run makes the same pairs. Loss: L1 + a perceptual term.
+  step's generator, so a resumed run makes the same pairs. Loss: L1, L1 of the luma, a perceptual term.
 * ``interpolate``: the first and last frames of each clip are the inputs, the frames between them the
   targets (a clip of 3 frames teaches t = 1/2, of 5 frames t = 1/4, 1/2, 3/4); clips play backwards
   at random. Loss: L1 on the frames, L1 of each input warped alone, and a first-order smoothness term
@@ -79,6 +79,12 @@ def _frames(video: torch.Tensor) -> torch.Tensor:
     return video.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> (B*T, C, H, W)
 
 
+def _luma(frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB -> (N, H, W) BT.601 luma (linear, so it holds in [-1, 1] as in [0, 255])."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device, dtype=frames.dtype)
+    return torch.einsum("nchw,c->nhw", frames, weights)
+
+
 def _step_rng(g: torch.Generator) -> random.Random:
     """A Python RNG for this step's per-clip draws, seeded from the step's generator."""
     return random.Random(int(torch.randint(2**62, (1,), generator=g, device=g.device)))
@@ -115,8 +121,9 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         out = engine(low).float()
         real, fake = _frames(hr), _frames(out)
         l1 = (real - fake).abs().mean()
+        y = (_luma(real) - _luma(fake)).abs().mean() if spec.luma_weight else torch.zeros_like(l1)
         p = perceptual(real, fake).mean() if perceptual is not None else torch.zeros_like(l1)
-        loss = spec.l1_weight * l1 + spec.perceptual_weight * p
+        loss = spec.l1_weight * l1 + spec.luma_weight * y + spec.perceptual_weight * p
         engine.backward(loss)
         engine.step()
         with torch.no_grad():
@@ -126,6 +133,7 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         return {
             "loss": loss.item(),
             "l1": l1.item(),
+            "luma": y.item(),
             "perceptual": p.item(),
             "psnr": psnr(fake.detach().clamp(-1, 1), real).item(),
             "psnr_bicubic": psnr(bicubic.clamp(-1, 1), real).item(),
