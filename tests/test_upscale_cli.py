@@ -136,7 +136,7 @@ def test_interpolate_end_to_end(tmp_path: Path, assets: Path, factor: int) -> No
         (["upscale", "{clip}", "--model", "no-such-upscaler"], "no-such-upscaler is neither a folder"),
         (["upscale", "{clip}", "--model", "{up}", "--weights", "{up}/model.safetensors"], "not both"),
         (["upscale", "{clip}", "--model", "{up}", "--tile-size", "16", "--tile-overlap", "16"], "overlap 16 must be smaller than size 16"),
-        (["upscale", "{clip}", "--model", "{upx2}", "--denoise", "0.5"], "up-x2 has no denoising partner"),
+        (["upscale", "{clip}", "--model", "{upx2}", "--denoise", "0.5"], "up-x2 has no denoising partner (no upscaler folder up-x2-denoise beside it); name one with --denoise-model"),
         (["upscale", "{clip}", "--model", "{up}", "--denoise", "0.5", "--denoise-model", "{upx2}"], "only fine-tunes of one network blend"),
         (["upscale", "{clip}", "--model", "{up}", "--denoise-model", "{up}"], "--denoise-model: give --denoise too"),
     ],

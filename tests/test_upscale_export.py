@@ -205,6 +205,7 @@ def test_export_refuses_bad_finishing_options(
     result = CliRunner().invoke(cli, argv + ([] if "compile" in args else ["--out", str(out)]))
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and not out.parent.exists()
+    assert "--denoise-model" not in result.output  # osp upscale's option, not osp export's
 
 
 BLOCK_OSP_AND_TORCH = test_export_onnx.BLOCK_OSP_AND_TORCH

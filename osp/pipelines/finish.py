@@ -169,7 +169,8 @@ def load_upscaler_blend(
         return up
     if denoise_model is None:
         base = weights if weights is not None else resolve_finisher(model, "upscaler", scale)
-        denoise_model = require_denoise_partner(base, option, "; name one with --denoise-model")
+        hint = "; name one with --denoise-model" if option == "--denoise" else ""  # osp upscale's option
+        denoise_model = require_denoise_partner(base, option, hint)
     partner = load_finisher("upscaler", denoise_model, dtype=dtype, device=device)
     assert isinstance(partner, SRVGGUpscaler)
     return up.blended(partner, denoise)
