@@ -147,6 +147,21 @@ def hub_offline() -> Iterator[None]:
         constants.HF_HUB_OFFLINE = saved
 
 
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' own "Loading weights" tqdm bar off for the duration: osp shows its progress with
+    its own display (or none, with -q), and a second bar on stderr would tear it."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def read_model_config(folder: Path) -> dict[str, Any]:
     """The transformers ``config.json`` of ``folder``; WeightsError naming the path if absent or broken."""
     if not folder.is_dir():
@@ -199,7 +214,7 @@ def load_pretrained(
         return _CACHE[key]
     from transformers import AutoTokenizer
 
-    with hub_offline():
+    with hub_offline(), _no_loading_bar():
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError, ImportError) as err:
