@@ -48,7 +48,7 @@ from common import json_number, machine_info, markdown_report, print_report, wri
 from osp.interpolate import IFNetInterpolator
 from osp.io.samples import sample_video
 from osp.io.video import from_model, read_video, to_model, write_contact_sheet
-from osp.metrics import psnr, ssim
+from osp.metrics import luma, psnr, ssim
 from osp.pipelines.finish import denoise_partner, load_finisher, resolve_finisher
 from osp.synth.dataset import write_synth_dataset
 from osp.upscale import SRVGGUpscaler, load_upscaler
@@ -59,12 +59,6 @@ from osp_train.finish_config import DegradeConfig
 ROOT = Path(__file__).resolve().parents[1]
 STARTS = (0, 36, 72, 108)  # four 17-frame bigbuckbunny clips (it has 132 frames)
 TARGETS = {"x2": 1.5, "x4": 1.0, "interpolate": 2.0}
-
-
-def luma(frames: torch.Tensor) -> torch.Tensor:
-    """(T, 3, H, W) uint8 -> (T, 1, H, W) float BT.601 luma in [0, 255]."""
-    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (frames.float() * weights).sum(dim=1, keepdim=True)
 
 
 def upscale_metrics(out: torch.Tensor, truth: torch.Tensor, border: int) -> dict[str, float]:

@@ -21,6 +21,15 @@ SSIM_K2 = 0.03
 _SSIM_CHUNK = 64
 
 
+def luma(frames: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB -> (..., 1, H, W) BT.601 luma, what the SR literature's PSNR and SSIM are
+    measured on. Affine in RGB with weights summing to 1, so it keeps the input's range ([0, 255],
+    [-1, 1], ...); integer frames come out as float32."""
+    x = frames if frames.is_floating_point() else frames.float()
+    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(3, 1, 1)
+    return (x * weights).sum(dim=-3, keepdim=True)
+
+
 def _check_pair(a: torch.Tensor, b: torch.Tensor, data_range: float | None) -> float:
     if a.shape != b.shape:
         raise ShapeError(f"metrics: inputs differ in shape, {tuple(a.shape)} vs {tuple(b.shape)}")

@@ -25,6 +25,7 @@ from osp.errors import ConfigError
 from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator, load_interpolator, warp
 from osp.io.video import from_model, to_model
 from osp.io.weights import CONFIG_NAME, Pretrained, read_config_json
+from osp.metrics import luma
 from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler
 from osp_train.config import TrainConfig
 from osp_train.degrade import degrade
@@ -79,12 +80,6 @@ def _frames(video: torch.Tensor) -> torch.Tensor:
     return video.transpose(1, 2).flatten(0, 1)  # (B, C, T, H, W) -> (B*T, C, H, W)
 
 
-def _luma(frames: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) RGB -> (N, H, W) BT.601 luma (linear, so it holds in [-1, 1] as in [0, 255])."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=frames.device, dtype=frames.dtype)
-    return torch.einsum("nchw,c->nhw", frames, weights)
-
-
 def _step_rng(g: torch.Generator) -> random.Random:
     """A Python RNG for this step's per-clip draws, seeded from the step's generator."""
     return random.Random(int(torch.randint(2**62, (1,), generator=g, device=g.device)))
@@ -121,7 +116,7 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         out = engine(low).float()
         real, fake = _frames(hr), _frames(out)
         l1 = (real - fake).abs().mean()
-        y = (_luma(real) - _luma(fake)).abs().mean() if spec.luma_weight else torch.zeros_like(l1)
+        y = (luma(real) - luma(fake)).abs().mean() if spec.luma_weight else torch.zeros_like(l1)
         p = perceptual(real, fake).mean() if perceptual is not None else torch.zeros_like(l1)
         loss = spec.l1_weight * l1 + spec.luma_weight * y + spec.perceptual_weight * p
         engine.backward(loss)

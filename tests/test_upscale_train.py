@@ -103,11 +103,11 @@ def test_luma_term_is_bt601_luma(clips: Path, tmp_path: Path) -> None:
     """upscale.luma_weight adds the L1 of BT.601 luma (scikit-image's Y is 16 + 219 Y on [0, 1])."""
     from skimage.color import rgb2ycbcr
 
-    from osp_train.finish_task import _luma
+    from osp.metrics import luma
 
     rgb = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     reference = (torch.from_numpy(rgb2ycbcr(rgb.permute(0, 2, 3, 1).numpy())[..., 0]) - 16) / 219
-    torch.testing.assert_close(_luma(rgb * 2 - 1), reference * 2 - 1)
+    torch.testing.assert_close(luma(rgb * 2 - 1)[:, 0], reference * 2 - 1)
     out = tmp_path / "luma"
     config = write_config(clips, out, "upscale", steps=4, log_every=1,
                           upscale={"luma_weight": 2.0, "perceptual_weight": 0.0})  # fmt: skip
