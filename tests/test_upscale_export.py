@@ -241,7 +241,9 @@ def test_aoti_interpolator_matches_the_eager_model(
     """The interpolator (grid_sample, padded sizes); the upscaler is plain convolutions, which the
     transformer and VAE packages already cover."""
     out = tmp_path / "compiled"
-    manifest = export_compiled(t2v_dir, out, components=("interpolator",), finishers=dict(finishers))  # type: ignore[arg-type]
+    manifest = export_compiled(
+        t2v_dir, out, components=("interpolator",), finishers={"interpolator": finishers["interpolator"]}
+    )
     entry = manifest.components["interpolator"]
     assert entry.verify is not None and entry.verify.max_rel < 1e-4 and entry.verify.sizes != entry.sample
     interpolate = AotiEngine(out, t2v_dir).finisher("interpolator", finishers["interpolator"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,15 +163,6 @@ def _export(
     finishers: dict[str, str | Path] = {k: v for k, v in named.items() if v is not None}
     finishing = {"finishers": finishers, "upscale_denoise": upscale_denoise}
 
-    def exporting(parts: Sequence[str]) -> Sequence[str]:
-        """``parts``, once every finishing option names a component among them."""
-        asked = [*finishers, *(["upscale-denoise"] if upscale_denoise is not None else [])]
-        for option in asked:
-            component = "upscaler" if option == "upscale-denoise" else option
-            if component not in parts:
-                raise ConfigError(f"--{option}: applies to the {component}; add {component} to --components")
-        return parts
-
     if (bundle_for or variants) and target != "onnx":
         raise ConfigError(f"--bundle-for: a bundle holds ONNX files; use --target onnx, not {target}")
     if variants and not bundle_for:
@@ -180,7 +171,7 @@ def _export(
         from osp.export.aoti import DEFAULT_COMPONENTS as COMPILED_COMPONENTS
         from osp.export.aoti import export_compiled
 
-        parts = exporting(names or COMPILED_COMPONENTS)
+        parts = names or COMPILED_COMPONENTS
         with _components_step(progress, "compile packages", len(parts)) as report:
             export_compiled(
                 model_dir, out, frames=frames, size=size, precision=precision or "fp32",
@@ -229,7 +220,7 @@ def _export(
     elif target == "onnx":
         from osp.export.onnx import DEFAULT_COMPONENTS, export_onnx
 
-        parts = exporting(names or DEFAULT_COMPONENTS)
+        parts = names or DEFAULT_COMPONENTS
         with _components_step(progress, "export onnx", len(parts)) as report:
             export_onnx(
                 model_dir, out, frames=frames, size=size, flavour=flavour or "ort", opset=opset or 23,
@@ -244,7 +235,7 @@ def _export(
         from osp.export.tensorrt import export_tensorrt, require_tensorrt
 
         require_tensorrt()
-        parts = exporting(names or ("transformer", "vae_decoder"))
+        parts = names or ("transformer", "vae_decoder")
         with _components_step(progress, "build engines", len(parts)) as report:
             export_tensorrt(
                 model_dir, out, frames=frames, size=size, flavour=flavour or "trt", precision=precision or "fp16",

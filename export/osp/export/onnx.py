@@ -487,12 +487,16 @@ def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], nam
                     upscale_denoise: float | None = None) -> list[ComponentSpec]:  # fmt: skip
     """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``.
     ``finishers`` names the upscaler / interpolator (folder or model name; default the bundled ones);
-    ``upscale_denoise`` blends the upscaler with its denoising partner (``osp upscale --denoise``)."""
+    ``upscale_denoise`` blends the upscaler with its denoising partner (``osp upscale --denoise``).
+    Either for a component not in ``names`` is refused."""
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ConfigError(f"components: unknown {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
-    if upscale_denoise is not None and "upscaler" not in names:
-        raise ConfigError("--upscale-denoise: applies to the upscaler; add upscaler to --components")
+    applies = {f"--{name}": name for name in finishers or {}}  # each finishing option's component
+    applies |= {"--upscale-denoise": "upscaler"} if upscale_denoise is not None else {}
+    for option, component in applies.items():
+        if component not in names:
+            raise ConfigError(f"{option}: applies to the {component}; add {component} to --components")
     _, t, h, w = pipe.latent_shape(frames, size)
     specs = []
     for name in names:
