@@ -189,13 +189,46 @@ def test_generate_upscales_with_denoise_and_ensemble(tmp_path: Path, assets: Pat
     assert errors[0] < errors[1]
 
 
+def test_generate_blends_with_a_named_partner(tmp_path: Path, assets: Path, t2v_dir: Path) -> None:
+    """--upscale-denoise-model names a partner other than the upscaler's -denoise sibling (here a
+    released-style .pth whose frames are brighter, the sibling's darker): at strength 1 the chain draws
+    the named partner's frames."""
+    from osp.upscale import load_upscaler
+
+    base, out = tmp_path / "base.mp4", tmp_path / "finished.mp4"
+    common = ["generate", "a red circle", "--model", str(t2v_dir), "--steps", "2", "-q"]
+    assert run(*common, "-o", str(base))[0] == 0
+    model, sibling = load_upscaler(assets / "up").eval(), load_upscaler(assets / "up-denoise").eval()
+    named = load_upscaler(assets / "up").eval()
+    with torch.no_grad():
+        named.body[-1].bias.add_(0.15)
+    torch.save({"params_ema": named.state_dict()}, tmp_path / "partner.pth")
+    code, text = run(*common, "-o", str(out), "--upscale", "4", "--upscaler", str(assets / "up"),
+                     "--upscale-denoise", "1", "--upscale-denoise-model", str(tmp_path / "partner.pth"))  # fmt: skip
+    assert code == 0, text
+    with torch.inference_mode():
+        clip = to_model(read_video(base).frames)[None]
+        refs = [from_model(net.upscale(clip, 4)[0]) for net in (named, sibling, model)]
+    got = read_video(out).frames
+    errors = [(got.float() - ref.float()).abs().mean().item() for ref in refs]
+    assert errors[0] < min(errors[1:]), errors
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--upscale", "3"], "--upscale 3: this upscaler makes x2 or x4"),
         (["--interpolate", "3"], "--interpolate 3: this interpolator makes x2 or x4"),
         (["--upscale", "2", "--upscaler", "{rife}"], "holds an interpolator, not an upscaler"),
-        (["--upscale", "2", "--upscaler", "{upx2}", "--upscale-denoise", "0.5"], "--upscale-denoise: "),
+        (
+            ["--upscale", "2", "--upscaler", "{upx2}", "--upscale-denoise", "0.5"],
+            "--upscale-denoise: "
+            "{upx2} has no denoising partner (no upscaler folder up-x2-denoise beside it); name one with --upscale-denoise-model",
+        ),
+        (
+            ["--upscale", "4", "--upscale-denoise-model", "{upx2}"],
+            "--upscale-denoise-model: give --upscale-denoise too",
+        ),
     ],
 )
 def test_generate_refuses_a_bad_chain_before_sampling(
@@ -206,5 +239,6 @@ def test_generate_refuses_a_bad_chain_before_sampling(
     code, text = run("generate", "a red circle", "--model", str(t2v_dir), "-o", str(out), "--upscaler",
                      str(assets / "up"), "--interpolator", str(assets / "rife"),
                      *[a.format(**names) for a in args], "-q")  # fmt: skip
+    message = message.format(**names)
     assert code == 2 and message in text and "Traceback" not in text, text
     assert not out.parent.exists()

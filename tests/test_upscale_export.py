@@ -174,6 +174,61 @@ def test_engine_refuses_another_blend(
         engine.finisher("upscaler", finishers["upscaler"], denoise)
 
 
+@pytest.fixture(scope="module")
+def partnered_dir(
+    t2v_dir: Path, finishers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The upscaler exported blended with a partner named by --upscale-denoise-model (not its -denoise
+    sibling): (engine folder, partner folder)."""
+    root = tmp_path_factory.mktemp("elsewhere")
+    partner = SRVGGUpscaler.from_pretrained(finishers["upscaler"])
+    with torch.no_grad():
+        for p in partner.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.05)
+    partner.save_pretrained(root / "partner")
+    export_onnx(t2v_dir, root / "engine", components=("upscaler",), finishers={"upscaler": finishers["upscaler"]},
+                upscale_denoise=0.5, upscale_denoise_model=root / "partner")  # fmt: skip
+    return root / "engine", root / "partner"
+
+
+def test_exported_blend_with_a_named_partner(
+    partnered_dir: tuple[Path, Path], t2v_dir: Path, finishers: dict[str, Path]
+) -> None:
+    """osp export / generate --upscale-denoise-model: the manifest records that partner, the chain on
+    the engine draws the eager blend with it, and the engine refuses the sibling partner or none."""
+    engine_dir, partner = partnered_dir
+    folder = finishers["upscaler"]
+    entry = read_manifest(engine_dir).components["upscaler"]
+    assert entry.build["denoise_weights_sha256"] == finisher_source(partner)["weights_sha256"]
+    assert (
+        entry.build["denoise_weights_sha256"]
+        != finisher_source(folder.with_name("up-denoise"))["weights_sha256"]
+    )
+    clip = torch.randint(
+        0, 256, (3, 3, 12, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    kwargs = {
+        "upscale": 4,
+        "upscaler": str(folder),
+        "upscale_denoise": 0.5,
+        "upscale_denoise_model": str(partner),
+    }
+    eager = Finisher.build(**kwargs)([clip], 8.0)  # type: ignore[arg-type]
+    exported = Finisher.build(**kwargs, engine=OrtEngine(engine_dir, t2v_dir))([clip], 8.0)  # type: ignore[arg-type]
+    sibling = Finisher.build(**{**kwargs, "upscale_denoise_model": None})([clip], 8.0)  # type: ignore[arg-type]
+    assert (eager[0][0].int() - exported[0][0].int()).abs().max() <= 1
+    assert (eager[0][0].int() - sibling[0][0].int()).abs().max() > 1  # the partner made a difference
+    engine = OrtEngine(engine_dir, t2v_dir)
+    with pytest.raises(
+        EngineMismatchError, match=r"blended with .*partner at 0.5, not .*up blended with .*up-denoise at 0.5"
+    ):
+        engine.finisher("upscaler", folder, 0.5)
+    with pytest.raises(
+        EngineMismatchError, match=r"--upscale-denoise 0.5 --upscale-denoise-model .*up-denoise --out"
+    ):
+        engine.finisher("upscaler", folder, 0.5, folder.with_name("up-denoise"))
+
+
 def test_export_cli_writes_the_blend(t2v_dir: Path, finishers: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "engine"
     result = CliRunner().invoke(cli, ["export", "--model", str(t2v_dir), "--out", str(out), "-q",
@@ -190,7 +245,11 @@ def test_export_cli_writes_the_blend(t2v_dir: Path, finishers: dict[str, Path], 
         (["--components", "upscaler", "--interpolator", "{rife}"], "--interpolator: applies to the interpolator"),
         (["--components", "upscaler", "--upscaler", "{rife}"], "holds an interpolator, not an upscaler"),
         (["--components", "upscaler", "--upscaler", "{rife}", "--upscale-denoise", "0.5"], "holds an interpolator"),
-        (["--components", "upscaler", "--upscaler", "{alone}", "--upscale-denoise", "0.5"], "alone has no denoising partner"),
+        (["--components", "upscaler", "--upscaler", "{alone}", "--upscale-denoise", "0.5"],
+         "alone has no denoising partner (no upscaler folder alone-denoise beside it); name one with --upscale-denoise-model"),
+        (["--components", "upscaler", "--upscale-denoise-model", "{up}"], "--upscale-denoise-model: give --upscale-denoise too"),
+        (["--upscale-denoise-model", "{up}"], "--upscale-denoise-model: applies to the upscaler"),
+        (["--bundle-for", "node", "--upscale-denoise-model", "{up}"], "--bundle-for: a bundle holds"),
         (["--bundle-for", "node", "--upscaler", "{up}"], "--bundle-for: a bundle holds"),
         (["--target", "compile", "--upscaler", "{up}"], "--target compile without --out checks the transformer"),
     ],
@@ -205,7 +264,6 @@ def test_export_refuses_bad_finishing_options(
     result = CliRunner().invoke(cli, argv + ([] if "compile" in args else ["--out", str(out)]))
     assert result.exit_code == 2 and message in result.output, result.output
     assert "Traceback" not in result.output and not out.parent.exists()
-    assert "--denoise-model" not in result.output  # osp upscale's option, not osp export's
 
 
 BLOCK_OSP_AND_TORCH = test_export_onnx.BLOCK_OSP_AND_TORCH

@@ -46,10 +46,13 @@ Net = Callable[..., torch.Tensor]
 @runtime_checkable
 class FinishingEngine(Protocol):
     """What an exported engine (osp.export.runtime) gives the chain: its upscaler or interpolator,
-    checked against the weights in ``folder`` (an upscaler blended with its denoising partner by
-    ``denoise``, as exported), or None when it holds none (the eager model runs)."""
+    checked against the weights in ``folder`` (an upscaler blended by ``denoise`` with its denoising
+    partner, ``denoise_model`` or the folder's ``-denoise`` sibling, as exported), or None when it holds
+    none (the eager model runs)."""
 
-    def finisher(self, kind: str, folder: Path, denoise: float | None = None) -> Net | None: ...
+    def finisher(
+        self, kind: str, folder: Path, denoise: float | None = None, denoise_model: Path | None = None
+    ) -> Net | None: ...
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -135,13 +138,15 @@ def denoise_partner(upscaler: Path) -> Path | None:
     return sibling if (sibling / CONFIG_NAME).is_file() else None
 
 
-def require_denoise_partner(upscaler: Path, option: str, hint: str = "") -> Path:
-    """:func:`denoise_partner`, or a ConfigError naming ``option`` and the missing folder."""
+def require_denoise_partner(upscaler: Path, option: str) -> Path:
+    """:func:`denoise_partner`, or a ConfigError naming ``option``, the missing folder and the option
+    that names a partner instead (``option`` + ``-model``: osp upscale's ``--denoise-model``, osp generate's
+    and osp export's ``--upscale-denoise-model``)."""
     partner = denoise_partner(upscaler)
     if partner is None:
         raise ConfigError(
             f"{option}: {upscaler} has no denoising partner (no upscaler folder "
-            f"{upscaler.name}{DENOISE_SUFFIX} beside it){hint}"
+            f"{upscaler.name}{DENOISE_SUFFIX} beside it); name one with {option}-model"
         )
     return partner
 
@@ -159,18 +164,17 @@ def load_upscaler_blend(
 ) -> SRVGGUpscaler:
     """The upscaler ``load_finisher`` gives, blended with its denoising partner by ``denoise`` in
     [0, 1] (:meth:`SRVGGUpscaler.blended`; 0 is the model itself, 1 the partner). The partner is
-    ``denoise_model`` (a folder, name or released file), else the folder beside the model named like it
-    with ``-denoise`` (as the bundled x2 upscaler has)."""
+    ``denoise_model`` (a folder, name or released file; the option ``option`` + ``-model``), else the
+    folder beside the model named like it with ``-denoise`` (as the bundled x2 upscaler has)."""
     up = load_finisher("upscaler", model, weights, scale=scale, dtype=dtype, device=device)
     assert isinstance(up, SRVGGUpscaler)
     if denoise is None:
         if denoise_model is not None:
-            raise ConfigError(f"--denoise-model: give {option} too (the strength of the blend)")
+            raise ConfigError(f"{option}-model: give {option} too (the strength of the blend)")
         return up
     if denoise_model is None:
         base = weights if weights is not None else resolve_finisher(model, "upscaler", scale)
-        hint = "; name one with --denoise-model" if option == "--denoise" else ""  # osp upscale's option
-        denoise_model = require_denoise_partner(base, option, hint)
+        denoise_model = require_denoise_partner(base, option)
     partner = load_finisher("upscaler", denoise_model, dtype=dtype, device=device)
     assert isinstance(partner, SRVGGUpscaler)
     return up.blended(partner, denoise)
@@ -264,6 +268,7 @@ class Finisher:
         interpolator: str | Path | None = None,
         upscaler: str | Path | None = None,
         upscale_denoise: float | None = None,
+        upscale_denoise_model: str | Path | None = None,
         upscale_ensemble: bool = False,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
@@ -271,13 +276,17 @@ class Finisher:
     ) -> Finisher:
         """Load the models and check the factors (before any generation). An ``engine`` with a
         ``finisher`` method (an exported folder's) runs the models it holds instead of the eager ones.
-        ``upscale_denoise``, ``upscale_ensemble``: as ``osp upscale --denoise`` / ``--ensemble``."""
+        ``upscale_denoise``, ``upscale_denoise_model``, ``upscale_ensemble``: as ``osp upscale --denoise``
+        / ``--denoise-model`` / ``--ensemble``."""
         finisher = cls()
 
         def net(kind: Kind, model: str | Path | None, denoise: float | None = None) -> Net | None:
             if not isinstance(engine, FinishingEngine):
                 return None
-            return engine.finisher(kind, resolve_finisher(model, kind), denoise)
+            partner = None
+            if kind == "upscaler" and denoise is not None and upscale_denoise_model is not None:
+                partner = resolve_finisher(upscale_denoise_model, "upscaler")
+            return engine.finisher(kind, resolve_finisher(model, kind), denoise, partner)
 
         if interpolate is not None and interpolate != 1:
             inter = load_finisher("interpolator", interpolator, dtype=dtype, device=device)
@@ -291,8 +300,8 @@ class Finisher:
             # for this scale.
             exported = net("upscaler", upscaler, upscale_denoise)
             scale = None if exported is not None else upscale
-            up = load_upscaler_blend(upscaler, None, upscale_denoise, scale=scale, dtype=dtype,
-                                     device=device, option="--upscale-denoise")  # fmt: skip
+            up = load_upscaler_blend(upscaler, None, upscale_denoise, upscale_denoise_model, scale=scale,
+                                     dtype=dtype, device=device, option="--upscale-denoise")  # fmt: skip
             check_scale(up, upscale, "--upscale")
             run = upscale_clip(up, upscale, "auto", exported, ensemble=upscale_ensemble)
             finisher.upscale, finisher.scale = run, upscale

@@ -69,6 +69,9 @@ class GenerateConfig(Config):
     interpolator: str | None = None
     upscaler: str | None = None
     upscale_denoise: float | None = Field(None, ge=0.0, le=1.0)  # blend with the upscaler's -denoise partner
+    upscale_denoise_model: str | None = (
+        None  # that partner (folder, name or file); None: the -denoise sibling
+    )
     upscale_ensemble: bool = False  # the upscaler's 8-symmetry self-ensemble
 
 
@@ -111,6 +114,7 @@ def run_generate(
     pipe, built = loaded or load_generator(cfg, engine)
     finish = Finisher.build(interpolate=cfg.interpolate, upscale=cfg.upscale, interpolator=cfg.interpolator,
                             upscaler=cfg.upscaler, upscale_denoise=cfg.upscale_denoise,
+                            upscale_denoise_model=cfg.upscale_denoise_model,
                             upscale_ensemble=cfg.upscale_ensemble, dtype=DTYPES[cfg.dtype],
                             device=cfg.device, engine=built)  # fmt: skip
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,

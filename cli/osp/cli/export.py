@@ -84,7 +84,12 @@ if TYPE_CHECKING:
     type=click.FloatRange(0.0, 1.0),
     default=None,
     help="--components upscaler: export it blended with its denoising partner (the <name>-denoise folder "
-    "beside it), as osp upscale --denoise; osp generate --upscale-denoise S runs it.",
+    "beside it, or --upscale-denoise-model), as osp upscale --denoise; osp generate --upscale-denoise S runs it.",
+)
+@click.option(
+    "--upscale-denoise-model",
+    default=None,
+    help="--upscale-denoise: the partner to blend with (folder, name or .pth), as osp upscale --denoise-model.",
 )
 @click.option(
     "--bundle-for",
@@ -145,6 +150,7 @@ def _export(
     upscaler: str | None,
     interpolator: str | None,
     upscale_denoise: float | None,
+    upscale_denoise_model: str | None,
     bundle_for: str | None,
     variants: str | None,
     mode: str,
@@ -161,7 +167,9 @@ def _export(
     names = None if components is None else [c.strip() for c in components.split(",") if c.strip()]
     named = {"upscaler": upscaler, "interpolator": interpolator}
     finishers: dict[str, str | Path] = {k: v for k, v in named.items() if v is not None}
-    finishing = {"finishers": finishers, "upscale_denoise": upscale_denoise}
+    finishing = {"finishers": finishers, "upscale_denoise": upscale_denoise,
+                 "upscale_denoise_model": upscale_denoise_model}  # fmt: skip
+    finishing_options = bool(finishers) or upscale_denoise is not None or upscale_denoise_model is not None
 
     if (bundle_for or variants) and target != "onnx":
         raise ConfigError(f"--bundle-for: a bundle holds ONNX files; use --target onnx, not {target}")
@@ -185,7 +193,7 @@ def _export(
             f"--device: only --target compile --out builds for a device (this is --target {target})"
         )
     if target == "compile":
-        if finishers or upscale_denoise is not None:
+        if finishing_options:
             raise ConfigError(
                 "--target compile without --out checks the transformer only; give --out DIR to compile "
                 "the finishing models"
@@ -203,7 +211,7 @@ def _export(
     if out is None:
         raise ConfigError(f"--out: --target {target} writes a folder; give --out DIR")
     if target == "onnx" and bundle_for:
-        if names or precision or flavour not in (None, "ort") or finishers or upscale_denoise is not None:
+        if names or precision or flavour not in (None, "ort") or finishing_options:
             raise ConfigError(
                 "--bundle-for: a bundle holds the text encoder, transformer and VAE decoder in flavour ort; "
                 "choose its weights with --variants, not --components, --precision, --flavour or the "

@@ -115,6 +115,9 @@ class _KeepArgs(click.Command):
               help="Upscaler folder or name; default the bundled one made for --upscale.")  # fmt: skip
 @click.option("--upscale-denoise", type=click.FloatRange(0.0, 1.0), default=None,
               help="As osp upscale --denoise: blend the upscaler with its denoising partner.")  # fmt: skip
+@click.option("--upscale-denoise-model", default=None,
+              help="As osp upscale --denoise-model: the partner --upscale-denoise blends with (folder, name or "
+              ".pth); default the upscaler's <name>-denoise folder.")  # fmt: skip
 @click.option("--upscale-ensemble", is_flag=True,
               help="As osp upscale --ensemble: average 8 flips and transposes (8x the upscaling time).")  # fmt: skip
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
@@ -146,6 +149,7 @@ def generate(
     interpolator: str | None,
     upscaler: str | None,
     upscale_denoise: float | None,
+    upscale_denoise_model: str | None,
     upscale_ensemble: bool,
     gif: bool,
     grid: bool,
@@ -204,6 +208,7 @@ def generate(
             interpolator=interpolator,
             upscaler=upscaler,
             upscale_denoise=upscale_denoise,
+            upscale_denoise_model=upscale_denoise_model,
             upscale_ensemble=upscale_ensemble,
             gif=gif,
             grid=grid,

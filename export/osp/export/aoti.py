@@ -216,10 +216,11 @@ def export_compiled(
     report: Callable[[str], None] | None = None,
     finishers: dict[str, str | Path] | None = None,
     upscale_denoise: float | None = None,
+    upscale_denoise_model: str | Path | None = None,
 ) -> Manifest:
     """Compile a pipeline folder's components to ``out`` (replaced only once everything passed).
-    ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones);
-    ``upscale_denoise``: the upscaler blended with its denoising partner (``osp upscale --denoise``)."""
+    ``finishers``, ``upscale_denoise``, ``upscale_denoise_model``: as
+    :func:`osp.export.onnx.export_onnx`'s."""
     min_torch()
     model_dir, out = Path(model_dir), Path(out)
     if precision not in PRECISIONS:
@@ -237,7 +238,13 @@ def export_compiled(
     specs = [
         _cast(s, PRECISIONS[precision])
         for s in component_specs(
-            pipe, frames, size, components, finishers=finishers, upscale_denoise=upscale_denoise
+            pipe,
+            frames,
+            size,
+            components,
+            finishers=finishers,
+            upscale_denoise=upscale_denoise,
+            upscale_denoise_model=upscale_denoise_model,
         )
     ]
     entries = {}

@@ -464,19 +464,24 @@ def compare(component: str, expected: Sequence[np.ndarray], got: Sequence[np.nda
 
 
 def _folder_sha256(folder: Path) -> str:
+    """The sha256 of a weights folder's files (names and contents), or of a released weights file."""
+    if folder.is_file():
+        return file_hash(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.glob("*") if p.is_file()):
         digest.update(path.name.encode() + b"\0" + file_hash(path).encode())
     return digest.hexdigest()
 
 
-def finisher_source(folder: Path, denoise: float | None = None) -> dict[str, str]:
+def finisher_source(
+    folder: Path, denoise: float | None = None, partner: Path | None = None
+) -> dict[str, str]:
     """Where a finishing model came from: its folder and the sha256 of its config and weights; for an
-    upscaler blended with its denoising partner (``osp upscale --denoise``), also the strength and the
-    partner's folder and sha256."""
+    upscaler blended with its denoising partner (``osp upscale --denoise``; ``partner``, else the
+    folder's ``-denoise`` sibling), also the strength and the partner's folder or file and sha256."""
     source = {"weights": str(folder.resolve()), "weights_sha256": _folder_sha256(folder)}
     if denoise is not None:
-        partner = require_denoise_partner(folder, "--upscale-denoise")
+        partner = partner or require_denoise_partner(folder, "--upscale-denoise")
         source |= {"denoise": f"{denoise:g}", "denoise_weights": str(partner.resolve()),
                    "denoise_weights_sha256": _folder_sha256(partner)}  # fmt: skip
     return source
@@ -484,16 +489,19 @@ def finisher_source(folder: Path, denoise: float | None = None) -> dict[str, str
 
 def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], names: Sequence[str],
                     max_batch: int = 4, finishers: dict[str, str | Path] | None = None,
-                    upscale_denoise: float | None = None) -> list[ComponentSpec]:  # fmt: skip
+                    upscale_denoise: float | None = None,
+                    upscale_denoise_model: str | Path | None = None) -> list[ComponentSpec]:  # fmt: skip
     """The specs of the named components of a loaded pipeline, traced at ``frames`` x ``size``.
     ``finishers`` names the upscaler / interpolator (folder or model name; default the bundled ones);
-    ``upscale_denoise`` blends the upscaler with its denoising partner (``osp upscale --denoise``).
-    Either for a component not in ``names`` is refused."""
+    ``upscale_denoise`` blends the upscaler with its denoising partner (``osp upscale --denoise``):
+    ``upscale_denoise_model`` (folder, name or released file), else the upscaler's ``-denoise`` sibling.
+    Any of them for a component not in ``names`` is refused."""
     unknown = [n for n in names if n not in COMPONENTS]
     if unknown:
         raise ConfigError(f"components: unknown {', '.join(unknown)}; choose from {', '.join(COMPONENTS)}")
     applies = {f"--{name}": name for name in finishers or {}}  # each finishing option's component
     applies |= {"--upscale-denoise": "upscaler"} if upscale_denoise is not None else {}
+    applies |= {"--upscale-denoise-model": "upscaler"} if upscale_denoise_model is not None else {}
     for option, component in applies.items():
         if component not in names:
             raise ConfigError(f"{option}: applies to the {component}; add {component} to --components")
@@ -513,8 +521,11 @@ def component_specs(pipe: VideoPipeline, frames: int, size: tuple[int, int], nam
             if not folder.is_dir():
                 raise ConfigError(f"{name}: exports take an osp weights folder, not {folder}")
             if kind == "upscaler":
-                up = load_upscaler_blend(folder, None, upscale_denoise, option="--upscale-denoise")
-                source = finisher_source(folder, upscale_denoise)
+                partner = (
+                    None if upscale_denoise_model is None else resolve_finisher(upscale_denoise_model, kind)
+                )
+                up = load_upscaler_blend(folder, None, upscale_denoise, partner, option="--upscale-denoise")
+                source = finisher_source(folder, upscale_denoise, partner)
                 specs.append(upscaler_spec(up, frames, size, max_batch, source))
             else:
                 inter = load_finisher(kind, folder)
@@ -543,10 +554,12 @@ def export_onnx(
     report: Callable[[str], None] | None = None,
     finishers: dict[str, str | Path] | None = None,
     upscale_denoise: float | None = None,
+    upscale_denoise_model: str | Path | None = None,
 ) -> Manifest:
     """Export a pipeline folder's components to ``out`` (replaced only once everything passed).
     ``finishers``: the upscaler / interpolator folders or names (default: the bundled ones);
-    ``upscale_denoise``: the upscaler blended with its denoising partner (``osp upscale --denoise``)."""
+    ``upscale_denoise``, ``upscale_denoise_model``: the upscaler blended with its denoising partner
+    (``osp upscale --denoise`` / ``--denoise-model``)."""
     model_dir, out = Path(model_dir), Path(out)
     if opset not in OPSETS:
         raise ConfigError(f"opset: {opset} is not supported; use {OPSETS.start}..{OPSETS.stop - 1}")
@@ -561,8 +574,9 @@ def export_onnx(
     pipe = load_pipeline(model_dir)
     frames, size = frames or pipe.spec.frames, size or pipe.spec.size
     specs = component_specs(
-        pipe, frames, size, components, finishers=finishers, upscale_denoise=upscale_denoise
-    )
+        pipe, frames, size, components, finishers=finishers, upscale_denoise=upscale_denoise,
+        upscale_denoise_model=upscale_denoise_model,
+    )  # fmt: skip
     entries = {}
     with staged_folder(out) as stage:
         for spec in specs:

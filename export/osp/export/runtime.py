@@ -184,12 +184,13 @@ class _Exported:
         return lambda latents: run({"latents": latents}).float().to(latents.device)
 
     def finisher(
-        self, kind: str, folder: Path, denoise: float | None = None
+        self, kind: str, folder: Path, denoise: float | None = None, denoise_model: Path | None = None
     ) -> Callable[..., torch.Tensor] | None:
         """The exported ``upscaler`` (video -> video) or ``interpolator`` ((frame0, frame1, t) ->
         frame, any size: padded to the exported multiple and cropped, in chunks of the exported batch),
         refused if it was exported from other weights than ``folder`` holds (for an upscaler, blended
-        with its denoising partner by ``denoise``, or not blended); None if not exported."""
+        by ``denoise`` with its denoising partner, ``denoise_model`` or the folder's ``-denoise``
+        sibling, or not blended); None if not exported."""
         entry = self.manifest.components.get(kind)
         if entry is None:
             return None
@@ -198,7 +199,7 @@ class _Exported:
                 f"--engine-dir {self.folder}: its {kind} records no source weights, so it cannot be checked "
                 f"against {folder}; re-export it with osp export --target onnx or compile --components {kind}"
             )
-        wanted = finisher_source(Path(folder), denoise)
+        wanted = finisher_source(Path(folder), denoise, denoise_model)
         if any(
             entry.build.get(k) != wanted.get(k)
             for k in ("weights_sha256", "denoise", "denoise_weights_sha256")
@@ -208,6 +209,7 @@ class _Exported:
                 f"osp export --model {m.source} --target {m.target} --components {','.join(m.components)} "
                 f"--{kind} {folder}"
                 + (f" --upscale-denoise {wanted['denoise']}" if "denoise" in wanted else "")
+                + (f" --upscale-denoise-model {denoise_model}" if denoise_model is not None else "")
             )
             raise EngineMismatchError(
                 f"--engine-dir {self.folder}: its {kind} was exported from {_weights_of(entry.build)}, not "

@@ -211,9 +211,10 @@ def export_tensorrt(
     report: Any = None,
     finishers: dict[str, str | Path] | None = None,
     upscale_denoise: float | None = None,
+    upscale_denoise_model: str | Path | None = None,
 ) -> Any:
     """ONNX export, then one engine per component, each checked against eager PyTorch on the GPU.
-    ``finishers``, ``upscale_denoise``: as :func:`osp.export.onnx.export_onnx`'s."""
+    ``finishers``, ``upscale_denoise``, ``upscale_denoise_model``: as :func:`osp.export.onnx.export_onnx`'s."""
     import json
 
     from osp import __version__
@@ -233,7 +234,8 @@ def export_tensorrt(
     entries = {}
     with staged_folder(out) as stage:
         specs = component_specs(pipe, frames, size, components, max_batch=2, finishers=finishers,
-                                upscale_denoise=upscale_denoise)  # fmt: skip
+                                upscale_denoise=upscale_denoise,
+                                upscale_denoise_model=upscale_denoise_model)  # fmt: skip
         for spec in specs:
             entry = export_component(spec, stage, flavour=flavour, opset=opset, verify=flavour == "ort")
             lo = {n: a.min for n, a in spec.axes.items()}
