@@ -48,7 +48,7 @@ from common import json_number, machine_info, markdown_report, print_report, wri
 from osp.interpolate import IFNetInterpolator
 from osp.io.samples import sample_video
 from osp.io.video import from_model, read_video, to_model, write_contact_sheet
-from osp.metrics import luma, psnr, ssim
+from osp.metrics import flicker, luma, psnr, ssim
 from osp.pipelines.finish import denoise_partner, load_finisher, resolve_finisher
 from osp.synth.dataset import write_synth_dataset
 from osp.upscale import SRVGGUpscaler, load_upscaler
@@ -65,11 +65,10 @@ def upscale_metrics(out: torch.Tensor, truth: torch.Tensor, border: int) -> dict
     """PSNR / SSIM on luma with ``border`` pixels cropped, and temporal flicker, of uint8 clips."""
     y, t = luma(out), luma(truth)
     crop = (slice(None), slice(None), slice(border, -border), slice(border, -border))
-    flicker = ((y[1:] - y[:-1]) - (t[1:] - t[:-1])).abs().mean().item()
     return {
         "psnr": psnr(y[crop], t[crop], data_range=255.0),
         "ssim": ssim(y[crop], t[crop], data_range=255.0),
-        "flicker": flicker,
+        "flicker": flicker(y, t, dim=0).item(),
     }
 
 

@@ -1,4 +1,4 @@
-"""Reconstruction metrics for videos: PSNR and SSIM.
+"""Reconstruction metrics for videos: PSNR, SSIM and flicker.
 
 Both take two tensors of the same shape, either uint8 (data range 255) or float in [-1, 1] (data
 range 2, the model's range); ``data_range`` overrides the guess. Arithmetic is float64 so results
@@ -28,6 +28,20 @@ def luma(frames: torch.Tensor) -> torch.Tensor:
     x = frames if frames.is_floating_point() else frames.float()
     weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(3, 1, 1)
     return (x * weights).sum(dim=-3, keepdim=True)
+
+
+def flicker(video: torch.Tensor, truth: torch.Tensor, dim: int) -> torch.Tensor:
+    """Mean |Δt video - Δt truth| over ``dim``, the time axis: how much more (or less) a video changes
+    from frame to frame than the truth does, in the inputs' units. 0 for a video that differs from the
+    truth by the same amount in every frame; what an upscaler adds by redrawing detail or noise
+    differently in each frame. Differentiable (a training loss) and in the inputs' float dtype."""
+    if video.shape != truth.shape:
+        raise ShapeError(f"metrics: inputs differ in shape, {tuple(video.shape)} vs {tuple(truth.shape)}")
+    if video.shape[dim] < 2:
+        raise ShapeError(f"metrics: flicker needs 2 or more frames on axis {dim}, got {video.shape[dim]}")
+    x = video if video.is_floating_point() else video.float()
+    y = truth if truth.is_floating_point() else truth.float()
+    return (x.diff(dim=dim) - y.diff(dim=dim)).abs().mean()
 
 
 def _check_pair(a: torch.Tensor, b: torch.Tensor, data_range: float | None) -> float:

@@ -43,14 +43,17 @@ class DegradeConfig(Config):
 
 class UpscaleTaskConfig(Config):
     """``task: upscale``: pairs made on the fly from ``data`` clips (the high-resolution targets);
-    loss = l1_weight * |y - x| + luma_weight * |Y(y) - Y(x)| + perceptual_weight * P(y, x), averaged
-    over frames, Y the BT.601 luma (what the SR literature's PSNR and SSIM are measured on)."""
+    loss = l1_weight * |y - x| + luma_weight * |Y(y) - Y(x)| + perceptual_weight * P(y, x)
+    + temporal_weight * |Δt y - Δt x|, averaged over frames, Y the BT.601 luma (what the SR literature's
+    PSNR and SSIM are measured on), Δt the change from one frame to the next (what flickers: an upscaler
+    that redraws codec noise differently in each frame changes where the video does not)."""
 
     scale: int | None = Field(None, ge=2, le=4, description="None: the model's own scale")
     degrade: DegradeConfig = DegradeConfig()
     l1_weight: float = Field(1.0, ge=0)
     luma_weight: float = Field(0.0, ge=0)
     perceptual_weight: float = Field(0.1, ge=0)
+    temporal_weight: float = Field(0.0, ge=0, description="needs data.num_frames >= 2")
     # As vae_loss.perceptual: "lpips:/path/to/weights.pth", "fallback" (image-gradient L1) or "none".
     perceptual: str = "fallback"
 

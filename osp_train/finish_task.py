@@ -25,7 +25,7 @@ from osp.errors import ConfigError
 from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator, load_interpolator, warp
 from osp.io.video import from_model, to_model
 from osp.io.weights import CONFIG_NAME, Pretrained, read_config_json
-from osp.metrics import luma
+from osp.metrics import flicker, luma
 from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler
 from osp_train.config import TrainConfig
 from osp_train.degrade import degrade
@@ -99,6 +99,11 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
             f"data.size: {h}x{w} must be a multiple of 2 * scale = {2 * scale} (the low-resolution "
             "clip is H.264-encoded, which needs even sizes)"
         )
+    if spec.temporal_weight and cfg.data.num_frames < 2:
+        raise ConfigError(
+            f"upscale.temporal_weight: compares the change between frames; data.num_frames is "
+            f"{cfg.data.num_frames}, give 2 or more"
+        )
     try:
         perceptual = build_perceptual(spec.perceptual) if spec.perceptual_weight else None
     except ValueError as err:
@@ -118,7 +123,9 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         l1 = (real - fake).abs().mean()
         y = (luma(real) - luma(fake)).abs().mean() if spec.luma_weight else torch.zeros_like(l1)
         p = perceptual(real, fake).mean() if perceptual is not None else torch.zeros_like(l1)
+        tl = flicker(out, hr, dim=2) if spec.temporal_weight else torch.zeros_like(l1)  # (B, 3, T, H, W)
         loss = spec.l1_weight * l1 + spec.luma_weight * y + spec.perceptual_weight * p
+        loss = loss + spec.temporal_weight * tl
         engine.backward(loss)
         engine.step()
         with torch.no_grad():
@@ -130,6 +137,7 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
             "l1": l1.item(),
             "luma": y.item(),
             "perceptual": p.item(),
+            "temporal": tl.item(),
             "psnr": psnr(fake.detach().clamp(-1, 1), real).item(),
             "psnr_bicubic": psnr(bicubic.clamp(-1, 1), real).item(),
         }

@@ -1,4 +1,4 @@
-"""PSNR and SSIM against independent references: the NumPy formula and scikit-image."""
+"""PSNR, SSIM and flicker against independent references: the NumPy formulas and scikit-image."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from osp.errors import ShapeError
-from osp.metrics import psnr, psnr_per_frame, ssim, ssim_per_frame
+from osp.metrics import flicker, psnr, psnr_per_frame, ssim, ssim_per_frame
 
 structural_similarity = pytest.importorskip("skimage.metrics").structural_similarity
 
@@ -143,3 +143,24 @@ def test_ssim_on_real_video_frames() -> None:
     distorted = read_video(sample_video("carphone_distorted"), num_frames=2).frames
     assert ssim(clean, distorted) == pytest.approx(sk_ssim_video(clean, distorted, 255), abs=1e-6)
     assert psnr(clean, distorted) == pytest.approx(np_psnr(clean.numpy(), distorted.numpy(), 255), abs=1e-9)
+
+
+def test_flicker_matches_numpy() -> None:
+    """Mean |Δt video - Δt truth| along the given axis (NumPy's diff), for uint8 and float inputs; 0 for
+    a video off from the truth by one constant error in every frame."""
+    g = torch.Generator().manual_seed(3)
+    video = torch.randint(0, 256, (2, 3, 5, 6, 7), generator=g, dtype=torch.uint8)
+    truth = torch.randint(0, 256, (2, 3, 5, 6, 7), generator=g, dtype=torch.uint8)
+    for dim in (0, 2):
+        a, b = video.numpy().astype(np.float64), truth.numpy().astype(np.float64)
+        expected = np.abs(np.diff(a, axis=dim) - np.diff(b, axis=dim)).mean()
+        assert flicker(video, truth, dim).item() == pytest.approx(expected, rel=1e-6)
+        assert flicker(video.double() / 255, truth.double() / 255, dim).item() == pytest.approx(
+            expected / 255
+        )
+    offset = truth.float() + torch.rand(1, 3, 1, 6, 7, generator=g)  # the same error in every frame
+    assert flicker(offset, truth, 2).item() == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ShapeError, match="differ in shape"):
+        flicker(video, truth[:, :, :4], 2)
+    with pytest.raises(ShapeError, match="2 or more frames"):
+        flicker(video[:, :, :1], truth[:, :, :1], 2)

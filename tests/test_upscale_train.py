@@ -117,6 +117,25 @@ def test_luma_term_is_bt601_luma(clips: Path, tmp_path: Path) -> None:
         assert row["luma"] > 0 and row["loss"] == pytest.approx(row["l1"] + 2.0 * row["luma"], rel=1e-5)
 
 
+def test_temporal_term_is_the_flicker_of_the_drawn_frames(clips: Path, tmp_path: Path) -> None:
+    """upscale.temporal_weight adds the mean |Δt output - Δt target| over the clip's frames; one frame
+    has no change to compare, so a 1-frame run is refused."""
+    out = tmp_path / "temporal"
+    config = write_config(clips, out, "upscale", steps=4, log_every=1,
+                          upscale={"temporal_weight": 0.5, "perceptual_weight": 0.0})  # fmt: skip
+    result = cli("--config", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in metrics(out):
+        assert row["temporal"] > 0 and row["loss"] == pytest.approx(
+            row["l1"] + 0.5 * row["temporal"], rel=1e-5
+        )
+    single = write_config(clips, tmp_path / "single", "upscale", upscale={"temporal_weight": 0.5},
+                          data={"manifest": str(clips / "real.jsonl"), "num_frames": 1, "size": [32, 32]})  # fmt: skip
+    result = cli("--config", str(single), "--quiet")
+    assert result.returncode == 2 and "upscale.temporal_weight" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and not (tmp_path / "single").exists()
+
+
 def test_interpolator_overfits_moving_squares_past_blending(clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "rife"
     # Played forwards only: with reversals the same pair of inputs also comes swapped, a harder problem
