@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Training clips for the finishing models' later stages (configs/demo/upscale-stage3.yaml,
 # interpolate-stage3.yaml, upscale-x2-stage2.yaml and those after them): runs/finish/finish128.jsonl,
-# 2,300 5-frame 128x128 clips, and runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips.
+# 2,300 5-frame 128x128 clips, runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips, and
+# runs/finish/finish256w.jsonl, those and 700 more panned across desktop wallpapers.
 #
 #   scripts/finish_data.sh            # from the repository root, in the environment osp is installed in
 #
@@ -10,7 +11,10 @@
 # * the sample media of Debian's opencv-doc package (fetched with `apt-get download`, the one step that
 #   needs a Debian mirror): Megamind.avi (720x528, animation), vtest.avi (768x576, pedestrians), box.mp4
 #   and cup.mp4 (640x480, hand-held camera); crops of 30-100% of the short side, all made smaller;
-# * still photographs panned across (scikit-image's, 22 of opencv-doc's, scikit-learn's two).
+# * still photographs panned across (scikit-image's, 22 of opencv-doc's, scikit-learn's two);
+# * for finish256w.jsonl, 25 large (2560x1600 to 5640x3172) photographs and textured images from Debian's
+#   plasma-workspace-wallpapers (4:5.27.5-2), mate-backgrounds (1.26.0-1) and gnome-backgrounds (43.1-1)
+#   packages (`apt-get download`, as opencv-doc; the many flat-gradient illustrations are left out).
 # carphone (176x144) is left out: every crop of it would be enlarged, which teaches an upscaler blur.
 set -euo pipefail
 OUT=runs/finish
@@ -56,3 +60,35 @@ large=$(python -c 'import sys; from PIL import Image; print(" ".join(p for p in 
 osp data pan $large -o "$OUT/pan256" --count 12 --frames 3 --size 256 --travel 1.0 --min-scale 0.75 --seed 6 --overwrite
 osp data merge "$OUT/real256c/manifest.jsonl" "$OUT/real256d/manifest.jsonl" "$OUT/pan256/manifest.jsonl" \
     -o "$OUT/finish256.jsonl"
+
+# runs/finish/finish256w.jsonl: finish256.jsonl and 700 3-frame 256x256 clips panned across 25 wallpapers
+# (configs/demo/upscale-stage5.yaml), windows of 30-100% of the short side, so made 1.9-6x smaller.
+WALL=$OUT/wallpapers
+if [ ! -f "$WALL/YellowFlower.png" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download plasma-workspace-wallpapers mate-backgrounds gnome-backgrounds >/dev/null \
+        && for deb in *.deb; do dpkg-deb -x "$deb" x; done)
+    mkdir -p "$WALL"
+    plasma="Autumn BytheWater ColdRipple ColorfulCups EveningGlow FallenLeaf Grey Kite OneStandsOut Path"
+    mate="nature/Aqua nature/Blinds nature/Dune abstract/Elephants_5640x3172 nature/FreshFlower nature/Garden
+nature/GreenMeadow nature/LadyBird nature/RainDrops nature/Storm nature/TwoWings nature/YellowFlower nature/Wood"
+    # shellcheck disable=SC2046  # one path per word
+    python - "$WALL" $(for n in $plasma; do echo "$tmp/x/usr/share/wallpapers/$n/contents/images/2560x1600.jpg"; done) \
+        $(for n in $mate; do echo "$tmp/x/usr/share/backgrounds/mate/$n.jpg"; done) \
+        "$tmp/x/usr/share/backgrounds/gnome/grid-l.webp" "$tmp/x/usr/share/backgrounds/gnome/licorice-l.webp" <<'PY'
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+out = Path(sys.argv[1])
+for source in map(Path, sys.argv[2:]):  # plasma's are named by their folder, the rest by their file
+    name = source.parents[2].name if source.parent.name == "images" else source.stem
+    Image.open(source).convert("RGB").save(out / f"{name}.png")
+PY
+    rm -rf "$tmp"
+fi
+# shellcheck disable=SC2046  # one path per word, in byte order
+osp data pan $(LC_ALL=C ls "$WALL"/*.png) -o "$OUT/wall256" --count 28 --frames 3 --size 256 --travel 1.0 \
+    --min-scale 0.3 --seed 21 --overwrite
+osp data merge "$OUT/finish256.jsonl" "$OUT/wall256/manifest.jsonl" -o "$OUT/finish256w.jsonl"
