@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Training clips for the finishing models' later stages (configs/demo/upscale-stage3.yaml,
 # interpolate-stage3.yaml, upscale-x2-stage2.yaml and those after them): runs/finish/finish128.jsonl,
-# 2,300 5-frame 128x128 clips, runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips, and
-# runs/finish/finish256w.jsonl, those and 700 more panned across desktop wallpapers.
+# 2,300 5-frame 128x128 clips, runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips,
+# runs/finish/finish256w.jsonl, those and 700 more panned across desktop wallpapers, and
+# runs/finish/finish256w2.jsonl, those and 392 more panned across another package's photographs.
 #
 #   scripts/finish_data.sh            # from the repository root, in the environment osp is installed in
 #
@@ -14,7 +15,9 @@
 # * still photographs panned across (scikit-image's, 22 of opencv-doc's, scikit-learn's two);
 # * for finish256w.jsonl, 25 large (2560x1600 to 5640x3172) photographs and textured images from Debian's
 #   plasma-workspace-wallpapers (4:5.27.5-2), mate-backgrounds (1.26.0-1) and gnome-backgrounds (43.1-1)
-#   packages (`apt-get download`, as opencv-doc; the many flat-gradient illustrations are left out).
+#   packages (`apt-get download`, as opencv-doc; the many flat-gradient illustrations are left out);
+#   for finish256w2.jsonl also 14 of the 15 photographs (2560x1740 to 5312x2988) of lomiri-wallpapers-16.04
+#   (20.04.0-2; its one flat-gradient image is left out).
 # carphone (176x144) is left out: every crop of it would be enlarged, which teaches an upscaler blur.
 set -euo pipefail
 OUT=runs/finish
@@ -92,3 +95,23 @@ fi
 osp data pan $(LC_ALL=C ls "$WALL"/*.png) -o "$OUT/wall256" --count 28 --frames 3 --size 256 --travel 1.0 \
     --min-scale 0.3 --seed 21 --overwrite
 osp data merge "$OUT/finish256.jsonl" "$OUT/wall256/manifest.jsonl" -o "$OUT/finish256w.jsonl"
+
+# runs/finish/finish256w2.jsonl: finish256w.jsonl and 392 3-frame 256x256 clips panned across 14 more
+# photographs (configs/demo/upscale-stage6.yaml), cut as wall256.
+WALL2=$OUT/wallpapers2
+if [ ! -f "$WALL2/sunset_by_Aitzol_Berasategi.png" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download lomiri-wallpapers-16.04 >/dev/null && dpkg-deb -x lomiri-wallpapers-16.04_*.deb x)
+    mkdir -p "$WALL2"
+    for path in "$tmp"/x/usr/share/backgrounds/*.jpg; do
+        name=$(basename "$path" .jpg)
+        [ "$name" = umang_by_Abhishek_Mudgal ] && continue  # a flat colour gradient
+        python -c 'import sys; from PIL import Image; Image.open(sys.argv[1]).convert("RGB").save(sys.argv[2])' \
+            "$path" "$WALL2/$name.png"
+    done
+    rm -rf "$tmp"
+fi
+# shellcheck disable=SC2046  # one path per word, in byte order
+osp data pan $(LC_ALL=C ls "$WALL2"/*.png) -o "$OUT/wall256b" --count 28 --frames 3 --size 256 --travel 1.0 \
+    --min-scale 0.3 --seed 23 --overwrite
+osp data merge "$OUT/finish256w.jsonl" "$OUT/wall256b/manifest.jsonl" -o "$OUT/finish256w2.jsonl"
