@@ -13,10 +13,10 @@
 #   needs a Debian mirror): Megamind.avi (720x528, animation), vtest.avi (768x576, pedestrians), box.mp4
 #   and cup.mp4 (640x480, hand-held camera); crops of 30-100% of the short side, all made smaller;
 # * still photographs panned across (scikit-image's, 22 of opencv-doc's, scikit-learn's two);
-# * for finish256w.jsonl, 25 large (2560x1600 to 5640x3172) photographs and textured images from Debian's
+# * for finish256w.jsonl, 25 large (1280x1024 to 5640x3172) photographs and textured images from Debian's
 #   plasma-workspace-wallpapers (4:5.27.5-2), mate-backgrounds (1.26.0-1) and gnome-backgrounds (43.1-1)
 #   packages (`apt-get download`, as opencv-doc; the many flat-gradient illustrations are left out);
-#   for finish256w2.jsonl also 14 of the 15 photographs (2560x1740 to 5312x2988) of lomiri-wallpapers-16.04
+#   for finish256w2.jsonl also 14 of the 15 photographs (1365x1074 to 5312x2988) of lomiri-wallpapers-16.04
 #   (20.04.0-2; its one flat-gradient image is left out).
 # carphone (176x144) is left out: every crop of it would be enlarged, which teaches an upscaler blur.
 set -euo pipefail
@@ -65,7 +65,7 @@ osp data merge "$OUT/real256c/manifest.jsonl" "$OUT/real256d/manifest.jsonl" "$O
     -o "$OUT/finish256.jsonl"
 
 # runs/finish/finish256w.jsonl: finish256.jsonl and 700 3-frame 256x256 clips panned across 25 wallpapers
-# (configs/demo/upscale-stage5.yaml), windows of 30-100% of the short side, so made 1.9-6x smaller.
+# (configs/demo/upscale-stage5.yaml), windows of 30-100% of the short side, so made 1.2-6x smaller.
 WALL=$OUT/wallpapers
 if [ ! -f "$WALL/YellowFlower.png" ]; then
     tmp=$(mktemp -d)
