@@ -35,8 +35,7 @@ def flicker(video: torch.Tensor, truth: torch.Tensor, dim: int) -> torch.Tensor:
     from frame to frame than the truth does, in the inputs' units. 0 for a video that differs from the
     truth by the same amount in every frame; what an upscaler adds by redrawing detail or noise
     differently in each frame. Differentiable (a training loss) and in the inputs' float dtype."""
-    if video.shape != truth.shape:
-        raise ShapeError(f"metrics: inputs differ in shape, {tuple(video.shape)} vs {tuple(truth.shape)}")
+    _same_shape(video, truth)
     if video.shape[dim] < 2:
         raise ShapeError(f"metrics: flicker needs 2 or more frames on axis {dim}, got {video.shape[dim]}")
     x = video if video.is_floating_point() else video.float()
@@ -44,9 +43,13 @@ def flicker(video: torch.Tensor, truth: torch.Tensor, dim: int) -> torch.Tensor:
     return (x.diff(dim=dim) - y.diff(dim=dim)).abs().mean()
 
 
-def _check_pair(a: torch.Tensor, b: torch.Tensor, data_range: float | None) -> float:
+def _same_shape(a: torch.Tensor, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ShapeError(f"metrics: inputs differ in shape, {tuple(a.shape)} vs {tuple(b.shape)}")
+
+
+def _check_pair(a: torch.Tensor, b: torch.Tensor, data_range: float | None) -> float:
+    _same_shape(a, b)
     if a.numel() == 0:
         raise ShapeError(f"metrics: inputs are empty, shape {tuple(a.shape)}")
     if data_range is not None:

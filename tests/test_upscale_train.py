@@ -99,6 +99,15 @@ def test_upscaler_overfits_a_clip_past_bicubic(clips: Path, tmp_path: Path) -> N
     assert SRVGGUpscaler.from_pretrained(out / "ema").config.scale == 4
 
 
+def logged_steps(clips: Path, out: Path, **upscale: float) -> list[dict[str, float]]:
+    """The logged rows of a 4-step upscale run with the given loss weights (no perceptual term)."""
+    config = write_config(clips, out, "upscale", steps=4, log_every=1,
+                          upscale={**upscale, "perceptual_weight": 0.0})  # fmt: skip
+    result = cli("--config", str(config), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return metrics(out)
+
+
 def test_luma_term_is_bt601_luma(clips: Path, tmp_path: Path) -> None:
     """upscale.luma_weight adds the L1 of BT.601 luma (scikit-image's Y is 16 + 219 Y on [0, 1])."""
     from skimage.color import rgb2ycbcr
@@ -108,24 +117,14 @@ def test_luma_term_is_bt601_luma(clips: Path, tmp_path: Path) -> None:
     rgb = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     reference = (torch.from_numpy(rgb2ycbcr(rgb.permute(0, 2, 3, 1).numpy())[..., 0]) - 16) / 219
     torch.testing.assert_close(luma(rgb * 2 - 1)[:, 0], reference * 2 - 1)
-    out = tmp_path / "luma"
-    config = write_config(clips, out, "upscale", steps=4, log_every=1,
-                          upscale={"luma_weight": 2.0, "perceptual_weight": 0.0})  # fmt: skip
-    result = cli("--config", str(config), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    for row in metrics(out):
+    for row in logged_steps(clips, tmp_path / "luma", luma_weight=2.0):
         assert row["luma"] > 0 and row["loss"] == pytest.approx(row["l1"] + 2.0 * row["luma"], rel=1e-5)
 
 
 def test_temporal_term_is_the_flicker_of_the_drawn_frames(clips: Path, tmp_path: Path) -> None:
     """upscale.temporal_weight adds the mean |Δt output - Δt target| over the clip's frames; one frame
     has no change to compare, so a 1-frame run is refused."""
-    out = tmp_path / "temporal"
-    config = write_config(clips, out, "upscale", steps=4, log_every=1,
-                          upscale={"temporal_weight": 0.5, "perceptual_weight": 0.0})  # fmt: skip
-    result = cli("--config", str(config), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    for row in metrics(out):
+    for row in logged_steps(clips, tmp_path / "temporal", temporal_weight=0.5):
         assert row["temporal"] > 0 and row["loss"] == pytest.approx(
             row["l1"] + 0.5 * row["temporal"], rel=1e-5
         )
