@@ -26,10 +26,11 @@ from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator, load_interp
 from osp.io.video import from_model, to_model
 from osp.io.weights import CONFIG_NAME, Pretrained, read_config_json
 from osp.metrics import flicker, luma
-from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler
+from osp.upscale import DIHEDRAL, UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler, turn
 from osp_train.config import TrainConfig
 from osp_train.degrade import degrade
 from osp_train.engine import DistInfo
+from osp_train.finish_config import UpscaleTaskConfig
 from osp_train.losses import build_perceptual, psnr
 from osp_train.samples import MAX_RECONSTRUCTIONS, Sampler
 from osp_train.train import Task
@@ -88,6 +89,17 @@ def _step_rng(g: torch.Generator) -> random.Random:
 # ----------------------------------------------------------------------------------------- upscale
 
 
+def upscale_pairs(
+    hr: torch.Tensor, scale: int, spec: UpscaleTaskConfig, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, T, H, W) clips in [-1, 1] -> (input, target): the targets turned when ``spec.dihedral``,
+    each input made from its target by ``spec.degrade``, every draw from ``rng``."""
+    if spec.dihedral:
+        hr = torch.stack([turn(clip, *DIHEDRAL[rng.randrange(len(DIHEDRAL))]) for clip in hr])
+    low = [to_model(degrade(from_model(clip), scale, spec.degrade, rng)) for clip in hr]
+    return torch.stack(low), hr
+
+
 def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, dtype: torch.dtype) -> Task:
     spec = cfg.upscale
     scale = spec.scale or model.config.scale
@@ -99,6 +111,8 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
             f"data.size: {h}x{w} must be a multiple of 2 * scale = {2 * scale} (the low-resolution "
             "clip is H.264-encoded, which needs even sizes)"
         )
+    if spec.dihedral and h != w:
+        raise ConfigError(f"upscale.dihedral: transposes a clip, so data.size must be square; it is {h}x{w}")
     if spec.temporal_weight and cfg.data.num_frames < 2:
         raise ConfigError(
             f"upscale.temporal_weight: compares the change between frames; data.num_frames is "
@@ -112,9 +126,8 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         perceptual.to(device)
 
     def pairs(batch: dict[str, Any], rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        hr = batch["video"]  # (B, 3, T, H, W) in [-1, 1]
-        low = [to_model(degrade(from_model(clip), scale, spec.degrade, rng)) for clip in hr]
-        return torch.stack(low).to(device, dtype), hr.to(device).float()
+        low, hr = upscale_pairs(batch["video"], scale, spec, rng)
+        return low.to(device, dtype), hr.to(device).float()
 
     def step(engine: Any, batch: dict[str, Any], g: torch.Generator, _: int) -> dict[str, float]:
         low, hr = pairs(batch, _step_rng(g))

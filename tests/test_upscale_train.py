@@ -20,7 +20,7 @@ from test_train import cli, metrics  # pytest puts tests/ on sys.path
 from osp.cli.train import train as train_command
 from osp.errors import ConfigError, WeightsError
 from osp.io.samples import sample_video
-from osp.io.video import read_video, write_video
+from osp.io.video import from_model, read_video, write_video
 from osp.io.weights import load_safetensors
 from osp.metrics import psnr
 from osp.upscale import SRVGGUpscaler
@@ -135,6 +135,27 @@ def test_temporal_term_is_the_flicker_of_the_drawn_frames(clips: Path, tmp_path:
     assert "Traceback" not in result.stderr and not (tmp_path / "single").exists()
 
 
+def test_dihedral_turns_each_target_and_makes_its_input_from_it() -> None:
+    """upscale.dihedral: every target is one of the square's 8 symmetries of its clip (the reference:
+    torch.rot90 of the clip and of its mirror image), all frames alike, each drawn; the input is the
+    turned target's downscale. Without it the targets are the clips."""
+    from osp_train.finish_config import UpscaleTaskConfig
+    from osp_train.finish_task import upscale_pairs
+
+    clip = torch.rand(3, 2, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    symmetries = [torch.rot90(c, k, dims=(-2, -1)) for c in (clip, clip.flip(-1)) for k in range(4)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(symmetries) for b in symmetries[:i])
+    spec = UpscaleTaskConfig(degrade=DegradeConfig(clean=1.0), dihedral=True)
+    low, hr = upscale_pairs(clip.expand(64, -1, -1, -1, -1), 2, spec, random.Random(3))
+    drawn = [next(k for k, s in enumerate(symmetries) if torch.equal(target, s)) for target in hr]
+    assert sorted(set(drawn)) == list(range(8))
+    for lo, target in zip(low, hr, strict=True):
+        expected = downscale(from_model(target).float(), 2).round().clamp(0, 255).byte()
+        assert torch.equal(from_model(lo), expected)
+    _, plain = upscale_pairs(clip[None], 2, spec.replace(dihedral=False), random.Random(3))
+    assert torch.equal(plain[0], clip)
+
+
 def test_interpolator_overfits_moving_squares_past_blending(clips: Path, tmp_path: Path) -> None:
     out = tmp_path / "rife"
     # Played forwards only: with reversals the same pair of inputs also comes swapped, a harder problem
@@ -191,6 +212,7 @@ def test_bad_settings_exit_2(clips: Path, tmp_path: Path, change: str, message: 
         ("upscale", "data.size=[36,36]", "multiple of 2 * scale = 8"),
         ("upscale", "upscale.scale=2", "upscale.scale: 2, but the model draws x4"),
         ("upscale", "model=rife-tiny", "neither a SRVGGUpscaler preset"),
+        ("upscale", "data.size=[32,40];upscale.dihedral=true", "upscale.dihedral: transposes a clip"),
         ("interpolate", "data.num_frames=2", "data.num_frames: 2"),
         ("interpolate", "data.size=[36,36]", "multiple of the model's 8"),
         ("interpolate", "model={up}", "does not hold a IFNetInterpolator"),
@@ -206,7 +228,7 @@ def test_task_refuses_what_the_model_cannot_train(
 
     up = SRVGGUpscaler(SRVGGUpscaler.config_class()).save_pretrained(tmp_path / "up")
     config = write_config(clips, tmp_path / "bad", task)
-    cfg = load_config(config, (change.format(up=up),))
+    cfg = load_config(config, tuple(change.format(up=up).split(";")))
     with pytest.raises(ConfigError, match=re.escape(message)):
         finishing_task(
             cfg, DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu")), torch.float32

@@ -9,14 +9,16 @@ import torch
 from osp.errors import WeightsError
 from osp.io.weights import CONFIG_NAME
 from osp.upscale.convert import convert_realesrgan
-from osp.upscale.srvgg import UPSCALER_CONFIGS, SRVGGUpscaler, UpscalerConfig, UpscaleTiling
+from osp.upscale.srvgg import DIHEDRAL, UPSCALER_CONFIGS, SRVGGUpscaler, UpscalerConfig, UpscaleTiling, turn
 
 __all__ = [
+    "DIHEDRAL",
     "UPSCALER_CONFIGS",
     "SRVGGUpscaler",
     "UpscaleTiling",
     "UpscalerConfig",
     "load_upscaler",
+    "turn",
 ]
 
 

@@ -81,6 +81,12 @@ DIHEDRAL: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
 )
 
 
+def turn(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    """(..., H, W) transposed, then flipped along ``dims``: one of :data:`DIHEDRAL` applied."""
+    x = x.transpose(-1, -2) if transpose else x
+    return x.flip(dims) if dims else x
+
+
 def _offset(progress: ProgressFn, n: int, passes: int) -> ProgressFn:
     """Pass ``n`` of ``passes`` over the same tiles, reported as one run of ``passes`` x the tiles."""
     return lambda done, total: progress(n * total + done, passes * total)
@@ -255,8 +261,7 @@ class SRVGGUpscaler(Pretrained):
         views = DIHEDRAL if ensemble else DIHEDRAL[:1]
         total: torch.Tensor | None = None  # a running sum: one output held at a time, not 8
         for n, (transpose, dims) in enumerate(views):
-            x = video.transpose(-1, -2) if transpose else video
-            x = x.flip(dims) if dims else x
+            x = turn(video, transpose, dims)
             if tiling is None:
                 view = (net or self)(x)
             else:
