@@ -205,7 +205,8 @@ def _interpolate_task(
         out = frame.float() * 2 - 1
         l1 = (out - target).abs().mean()
         flow = flow.float()
-        warped = torch.cat([warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])]) * 2 - 1
+        mode = model.config.final_warp
+        warped = torch.cat([warp(img0, flow[:, :2], mode), warp(img1, flow[:, 2:4], mode)]) * 2 - 1
         warp_l1 = (warped - target.repeat(2, 1, 1, 1)).abs().mean()
         smooth = (flow[..., 1:, :] - flow[..., :-1, :]).abs().mean() + (
             flow[..., 1:] - flow[..., :-1]

@@ -39,7 +39,10 @@ def finishers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     up = SRVGGUpscaler(UPSCALER_CONFIGS["srvgg-tiny-x4"])
     folders = {
         "upscaler": up.save_pretrained(root / "up"),
-        "interpolator": IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).save_pretrained(root / "rife"),
+        # Bicubic final warps, as the bundled interpolator's (its intermediate warps are bilinear).
+        "interpolator": IFNetInterpolator(
+            INTERPOLATOR_CONFIGS["rife-tiny"].replace(final_warp="bicubic")
+        ).save_pretrained(root / "rife"),
     }
     with torch.no_grad():  # its denoising partner: the same network, other weights
         for p in up.parameters():
@@ -65,8 +68,9 @@ def test_onnx_files_match_eager_at_untraced_shapes(onnx_dir: Path, finishers: di
     up = manifest.components["upscaler"]
     assert [t.shape for t in up.outputs] == [["batch", 3, "frames", "4*height", "4*width"]]
     assert manifest.components["interpolator"].axes["height"].multiple == 8  # rife-tiny pads to 8
-    ops = {node.op_type for node in onnx.load(str(onnx_dir / "interpolator.onnx")).graph.node}
-    assert "GridSample" in ops  # the warps are ONNX's own GridSample, not a decomposition
+    nodes = [node for node in onnx.load(str(onnx_dir / "interpolator.onnx")).graph.node]
+    modes = {a.s.decode() for n in nodes if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"}
+    assert modes == {"linear", "cubic"}  # the warps are ONNX's own GridSample (opset 20 names), not a decomposition
 
 
 def test_ort_finishers_match_the_eager_models(

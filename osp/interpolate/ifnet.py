@@ -5,11 +5,15 @@ from the unknown frame It back to I0 and to I1 (4 channels), a fusion mask and a
 channels. Block k works at 1/scales[k] of the resolution: it sees both frames (warped by the flow so
 far), a small learned encoding of each (warped alike), t as a constant plane, the previous mask and
 features, and adds a flow correction. The frame is the two inputs warped by the final flows
-(``grid_sample``, bilinear, border padding) and mixed by the sigmoid of the mask:
+(``grid_sample``, border padding; bilinear as released, or bicubic with ``final_warp``) and mixed by
+the sigmoid of the mask:
 
     It = sigmoid(m) * warp(I0, F_t->0) + (1 - sigmoid(m)) * warp(I1, F_t->1)
 
-so every output pixel is a convex mix of input pixels: no colour is invented. t is an input, so x4
+so every output pixel is a mix of input pixels (a convex one when bilinear): no colour is invented.
+Bilinear resampling at a sub-pixel offset is a low-pass filter, so where motion is a fraction of a
+pixel (small frames) the bilinear frame is blurrier than a plain cross-fade of the inputs; the bicubic
+final warp keeps that detail (the intermediate warps, which only steer the flow, stay bilinear). t is an input, so x4
 in time is one call per t in (1/4, 1/2, 3/4), not a recursion.
 
 Module and parameter names follow the released ``flownet.pkl`` (``block{k}.conv0.0.0.weight``,
@@ -20,6 +24,7 @@ Module and parameter names follow the released ``flownet.pkl`` (``block{k}.conv0
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +46,11 @@ class InterpolatorConfig(Config):
     head_channels: int = Field(16, gt=0, description="channels of the learned per-frame encoding")
     feat_channels: int = Field(8, ge=0, description="feature channels each block hands to the next")
     factors: tuple[int, ...] = (2, 4)  # the frame-rate multiples offered (t = k / factor)
+    final_warp: Literal["bilinear", "bicubic"] = Field(
+        "bilinear",
+        description="resampling of the two frames along the final flows (the release: bilinear; "
+        "bicubic keeps the detail that bilinear blurs at sub-pixel motion)",
+    )
     recursive: bool = Field(
         False,
         description="make x4 (x8, ...) as x2 again and again, every new frame at t = 0.5: for weights "
@@ -84,8 +94,9 @@ class InterpolateTiling(Config):
         return self
 
 
-def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warp: out(p) = x(p + flow(p)), bilinear, edges clamped. flow (N, 2, H, W) in pixels."""
+def warp(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Backward warp: out(p) = x(p + flow(p)), resampled by ``mode`` (``grid_sample``'s bilinear or
+    bicubic), edges clamped. flow (N, 2, H, W) in pixels."""
     h, w = flow.shape[2:]
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w)
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1)
@@ -93,7 +104,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     gx = (xs + flow[:, 0]) * (2.0 / (w - 1)) - 1.0  # (N, H, W)
     gy = (ys + flow[:, 1]) * (2.0 / (h - 1)) - 1.0
     grid = torch.stack([gx, gy], dim=-1)  # (N, H, W, 2)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=True)
 
 
 def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -193,14 +204,15 @@ class IFNetInterpolator(Pretrained):
         f0, f1 = self.encode(img0), self.encode(img1)
         blocks, scales = self.blocks, self.config.scales
         flow, mask, feat = blocks[0](torch.cat([img0, img1, f0, f1, t], dim=1), None, scales[0])
-        warped0, warped1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
         for block, scale in zip(blocks[1:], scales[1:], strict=True):
             # Each later block sees both frames and both encodings warped by the flow so far.
+            warped0, warped1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
             wf0, wf1 = warp(f0, flow[:, :2]), warp(f1, flow[:, 2:4])
             x = torch.cat([warped0, warped1, wf0, wf1, t, mask, feat], dim=1)
             correction, mask, feat = block(x, flow, scale)
             flow = flow + correction
-            warped0, warped1 = warp(img0, flow[:, :2]), warp(img1, flow[:, 2:4])
+        mode = self.config.final_warp
+        warped0, warped1 = warp(img0, flow[:, :2], mode), warp(img1, flow[:, 2:4], mode)
         weight = torch.sigmoid(mask)
         return warped0 * weight + warped1 * (1 - weight), flow, mask
 
