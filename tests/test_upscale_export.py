@@ -69,8 +69,13 @@ def test_onnx_files_match_eager_at_untraced_shapes(onnx_dir: Path, finishers: di
     assert [t.shape for t in up.outputs] == [["batch", 3, "frames", "4*height", "4*width"]]
     assert manifest.components["interpolator"].axes["height"].multiple == 8  # rife-tiny pads to 8
     nodes = [node for node in onnx.load(str(onnx_dir / "interpolator.onnx")).graph.node]
-    modes = {a.s.decode() for n in nodes if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"}
-    assert modes == {"linear", "cubic"}  # the warps are ONNX's own GridSample (opset 20 names), not a decomposition
+    modes = {
+        a.s.decode() for n in nodes if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"
+    }
+    assert modes == {
+        "linear",
+        "cubic",
+    }  # the warps are ONNX's own GridSample (opset 20 names), not a decomposition
 
 
 def test_ort_finishers_match_the_eager_models(
