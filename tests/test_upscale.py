@@ -85,6 +85,26 @@ def test_converter_refuses_foreign_files(tmp_path: Path) -> None:
         load_upscaler(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("scale", [2, 4])
+def test_bicubic_base_is_the_published_forward_over_bicubic_upsampling(scale: int) -> None:
+    """base: bicubic swaps only the residual's base, the nearest up-sampling, for PyTorch's bicubic
+    (``F.interpolate``, edges clamped), and keeps the release's state dict: same keys, same shapes."""
+    config = UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(scale=scale, temporal_radius=0, base="bicubic")
+    state = random_state(published_keys(config.num_feat, config.num_conv, scale), seed=scale)
+    model = SRVGGUpscaler.from_state_dict(config, state).eval()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in state.items()
+    }
+    x = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(1))
+    nearest = F.interpolate(x, scale_factor=scale, mode="nearest")
+    bicubic = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    expected = published_forward(state, x, config.num_conv, scale) - nearest + bicubic
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_frames(x), expected, atol=1e-5, rtol=0)
+        half = model.to(torch.bfloat16).forward_frames(x.bfloat16()).float()
+    assert (half - expected).abs().max() < 0.05
+
+
 def test_temporal_window_repeats_the_edge_frames() -> None:
     """With radius 1 the network sees (t-1, t, t+1); frame 0 sees (0, 0, 1) and the last (T-2, T-1, T-1)."""
     torch.manual_seed(0)

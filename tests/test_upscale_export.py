@@ -72,10 +72,25 @@ def test_onnx_files_match_eager_at_untraced_shapes(onnx_dir: Path, finishers: di
     modes = {
         a.s.decode() for n in nodes if n.op_type == "GridSample" for a in n.attribute if a.name == "mode"
     }
-    assert modes == {
-        "linear",
-        "cubic",
-    }  # the warps are ONNX's own GridSample (opset 20 names), not a decomposition
+    # The warps are ONNX's own GridSample (opset 20 names), not a decomposition.
+    assert modes == {"linear", "cubic"}
+
+
+def test_bicubic_base_upscaler_exports_and_matches_eager(t2v_dir: Path, tmp_path: Path) -> None:
+    """base: bicubic (an edge pad and a fixed grouped convolution before the one pixel shuffle) exports
+    to stock ONNX operators; the onnxruntime finisher draws what eager PyTorch draws at an untraced size."""
+    torch.manual_seed(1)
+    config = UPSCALER_CONFIGS["srvgg-tiny-x4"].replace(base="bicubic")
+    folder = SRVGGUpscaler(config).save_pretrained(tmp_path / "up")
+    export_onnx(t2v_dir, tmp_path / "onnx", components=("upscaler",), finishers={"upscaler": folder})
+    entry = read_manifest(tmp_path / "onnx").components["upscaler"]
+    assert entry.verify is not None and entry.verify.max_rel < 1e-4
+    upscale = OrtEngine(tmp_path / "onnx", t2v_dir).finisher("upscaler", folder)
+    assert upscale is not None
+    up = SRVGGUpscaler.from_pretrained(folder)
+    video = torch.rand(1, 3, 3, 13, 18, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(up.upscale(video, net=upscale), up.upscale(video), atol=1e-4, rtol=0)
 
 
 def test_ort_finishers_match_the_eager_models(

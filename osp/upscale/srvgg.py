@@ -3,7 +3,10 @@
 The network is a plain stack of 3x3 convolutions at the low resolution, each followed by an
 activation, and one pixel shuffle at the end: no convolution ever runs at the output size, which is
 why it is the model people deploy (``realesr-general-x4v3`` is ~1.2M parameters) and why it exports
-to every runtime. Its output is a residual over the nearest-neighbour up-sampled input.
+to every runtime. Its output is a residual over the nearest-neighbour up-sampled input, or with
+``base: bicubic`` over the bicubic one: a small network then need not carry the input through all its
+layers to redraw the smooth interpolation that nearest up-sampling leaves blocky, and spends its
+channels on detail.
 
 Temporal context: with ``temporal_radius = r`` the first convolution sees frames t-r .. t+r stacked
 on the channel axis (the clip's first and last frames repeat at its ends), so the detail it draws
@@ -39,6 +42,10 @@ class UpscalerConfig(Config):
     num_conv: int = Field(32, ge=0, description="hidden 3x3 convolutions between the first and the last")
     act_type: Literal["prelu", "relu", "leakyrelu"] = "prelu"
     temporal_radius: int = Field(0, ge=0, le=3, description="frames seen on each side of the frame drawn")
+    base: Literal["nearest", "bicubic"] = Field(
+        "nearest",
+        description="the up-sampling the network's output is a residual over (the release: nearest)",
+    )
 
     @property
     def window(self) -> int:
@@ -81,6 +88,28 @@ DIHEDRAL: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
 )
 
 
+def bicubic_phases(scale: int) -> torch.Tensor:
+    """(3 * scale², 1, 5, 5): a grouped convolution (edges replicated by 2 pixels first) whose outputs
+    for input channel c are channels c * scale² .. (c + 1) * scale² - 1, the scale x scale sub-pixels of
+    ``F.interpolate(mode="bicubic", align_corners=False)`` in the order ``nn.PixelShuffle`` reads them.
+    Output pixel s*i + p lies at input coordinate i + (p + 0.5) / s - 0.5; Keys' cubic (a = -0.75)
+    weighs the 4 inputs around it, all within i - 2 .. i + 2."""
+
+    def keys(u: float) -> float:
+        u, a = abs(u), -0.75
+        if u <= 1:
+            return ((a + 2) * u - (a + 3)) * u * u + 1
+        return ((a * u - 5 * a) * u + 8 * a) * u - 4 * a if u < 2 else 0.0
+
+    taps = torch.zeros(scale, 5, dtype=torch.float64)  # phase p -> weights of inputs i - 2 .. i + 2
+    for p in range(scale):
+        at = (p + 0.5) / scale - 0.5
+        for k in range(5):
+            taps[p, k] = keys(at - (k - 2))
+    phases = torch.einsum("pk,ql->pqkl", taps, taps).reshape(scale * scale, 5, 5)  # (row p, col q)
+    return phases.repeat(3, 1, 1).unsqueeze(1).float()
+
+
 def turn(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
     """(..., H, W) transposed, then flipped along ``dims``: one of :data:`DIHEDRAL` applied."""
     x = x.transpose(-1, -2) if transpose else x
@@ -106,6 +135,11 @@ class SRVGGUpscaler(Pretrained):
         layers.append(nn.Conv2d(c, 3 * s * s, 3, 1, 1))
         self.body = nn.ModuleList(layers)
         self.upsampler = nn.PixelShuffle(s)
+        # Bicubic up-sampling by s as one fixed convolution into the s*s sub-pixel phases that the pixel
+        # shuffle lays out, like the nearest base; a buffer outside the state dict, so weights are the
+        # release's either way.
+        kernel = bicubic_phases(s) if config.base == "bicubic" else torch.zeros(0)
+        self.register_buffer("base_kernel", kernel, persistent=False)
 
     def deepened(self, num_conv: int) -> SRVGGUpscaler:
         """This network with ``num_conv`` hidden convolutions, computing exactly what it computes now.
@@ -211,9 +245,14 @@ class SRVGGUpscaler(Pretrained):
             out = layer(out)
         # The residual base is frame t up-sampled by nearest neighbour. Repeating each channel s*s times
         # before the shuffle is exactly that up-sampling, so it rides on the one pixel shuffle instead of
-        # a Resize (slow on ONNX Runtime's CPU kernels).
+        # a Resize (slow on ONNX Runtime's CPU kernels); the bicubic base rides on it the same way.
         centre = x[:, 3 * r : 3 * r + 3]
-        return self.upsampler(out + centre.repeat_interleave(s * s, dim=1))
+        if self.config.base == "bicubic":
+            kernel = self.base_kernel.to(centre.dtype)
+            base = F.conv2d(F.pad(centre, (2, 2, 2, 2), mode="replicate"), kernel, groups=3)
+        else:
+            base = centre.repeat_interleave(s * s, dim=1)
+        return self.upsampler(out + base)
 
     def windows(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, h, w) in [0, 1] -> (B*T, 3 * window, h, w): each frame with its neighbours."""
