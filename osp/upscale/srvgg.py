@@ -124,6 +124,7 @@ def _offset(progress: ProgressFn, n: int, passes: int) -> ProgressFn:
 class SRVGGUpscaler(Pretrained):
     config_class = UpscalerConfig
     config: UpscalerConfig
+    base_kernel: torch.Tensor
 
     def __init__(self, config: UpscalerConfig) -> None:
         super().__init__()
