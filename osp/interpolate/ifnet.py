@@ -13,8 +13,8 @@ the sigmoid of the mask:
 so every output pixel is a mix of input pixels (a convex one when bilinear): no colour is invented.
 Bilinear resampling at a sub-pixel offset is a low-pass filter, so where motion is a fraction of a
 pixel (small frames) the bilinear frame is blurrier than a plain cross-fade of the inputs; the bicubic
-final warp keeps that detail (the intermediate warps, which only steer the flow, stay bilinear). t is an input, so x4
-in time is one call per t in (1/4, 1/2, 3/4), not a recursion.
+final warp keeps that detail (the intermediate warps, which only steer the flow, stay bilinear). t is
+an input, so x4 in time is one call per t in (1/4, 1/2, 3/4), not a recursion.
 
 Module and parameter names follow the released ``flownet.pkl`` (``block{k}.conv0.0.0.weight``,
 ``block{k}.convblock.{j}.beta``, ``encode.cnn3.weight``, ...) after its ``module.`` prefix is dropped
