@@ -22,7 +22,8 @@ partner (``<model>-denoise`` beside it), blended with it at ``osp upscale --deno
 
 Interpolator: every other frame of a 33-frame clip (x2), or three of every four (x4), is dropped and
 restored; PSNR (RGB) of the restored frames against the dropped ones, against linear blending of the
-two kept neighbours at the frame's time. On bigbuckbunny at 256x256 and at 64x64 (the size osp
+two kept neighbours at the frame's time; plainly and as the mirror ensemble (``osp interpolate
+--ensemble``: each new frame the mean over the pair mirrored 4 ways). On bigbuckbunny at 256x256 and at 64x64 (the size osp
 generate interpolates), and on 8 held-out synthetic shape clips (``osp data synth --split heldout
 --seed 1``, 17 frames: 8 restored each at x2, 12 at x4).
 
@@ -127,12 +128,14 @@ def evaluate_upscaler(
     return rows
 
 
-def restore(model: IFNetInterpolator, clip: torch.Tensor, factor: int) -> tuple[torch.Tensor, ...]:
+def restore(
+    model: IFNetInterpolator, clip: torch.Tensor, factor: int, ensemble: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Keep every ``factor``-th frame of a (T, 3, H, W) uint8 clip ((T - 1) % factor == 0) and restore
     the others: (osp, linear blend, truth) frames, each (T - T // factor - 1, 3, H, W)."""
     kept = clip[::factor]
     with torch.inference_mode():
-        made = from_model(model.interpolate(to_model(kept)[None], factor)[0])
+        made = from_model(model.interpolate(to_model(kept)[None], factor, ensemble=ensemble)[0])
     new = [i for i in range(len(clip)) if i % factor]
     a, b = kept[:-1].float(), kept[1:].float()
     blends = [((1 - k / factor) * a + k / factor * b).round().to(torch.uint8) for k in range(1, factor)]
@@ -153,24 +156,23 @@ def evaluate_interpolator(model: IFNetInterpolator, sheets: Path, work: Path) ->
         read_video(p).frames for p in sorted((heldout.folder / "clips").glob("*.mp4"))
     ]
     rows = []
-    for factor in (2, 4):
-        for name, clips in sets.items():
-            ours_db, linear_db = [], []
-            for i, clip in enumerate(clips):
-                ours, linear, truth = restore(model, clip, factor)
-                ours_db.append(psnr(ours, truth))
-                linear_db.append(psnr(linear, truth))
-                if i == 0:
-                    picks = [0, len(truth) // 2, len(truth) - 1]
-                    suffix = "" if factor == 2 else f"_x{factor}"
-                    write_contact_sheet(
-                        sheets / f"interpolate_{name.split()[0]}_{clip.shape[-1]}{suffix}.png",
-                        [linear[picks], ours[picks], truth[picks]],
-                        labels=["linear", "osp", "truth"],
-                    )
-            osp_mean, linear_mean = sum(ours_db) / len(ours_db), sum(linear_db) / len(linear_db)
-            rows.append({"factor": factor, "set": name, "clips": len(clips), "osp_psnr": osp_mean,
-                         "linear_psnr": linear_mean, "gain_db": osp_mean - linear_mean})  # fmt: skip
+    for factor, ensemble, (name, clips) in itertools.product((2, 4), (False, True), sets.items()):
+        ours_db, linear_db = [], []
+        for i, clip in enumerate(clips):
+            ours, linear, truth = restore(model, clip, factor, ensemble)
+            ours_db.append(psnr(ours, truth))
+            linear_db.append(psnr(linear, truth))
+            if i == 0 and not ensemble:
+                picks = [0, len(truth) // 2, len(truth) - 1]
+                suffix = "" if factor == 2 else f"_x{factor}"
+                write_contact_sheet(
+                    sheets / f"interpolate_{name.split()[0]}_{clip.shape[-1]}{suffix}.png",
+                    [linear[picks], ours[picks], truth[picks]],
+                    labels=["linear", "osp", "truth"],
+                )
+        osp_mean, linear_mean = sum(ours_db) / len(ours_db), sum(linear_db) / len(linear_db)
+        rows.append({"factor": factor, "ensemble": ensemble, "set": name, "clips": len(clips), "osp_psnr": osp_mean,
+                     "linear_psnr": linear_mean, "gain_db": osp_mean - linear_mean})  # fmt: skip
     return rows
 
 
@@ -229,7 +231,8 @@ def main() -> None:
                       f">= +{target} dB", f"{r['osp_ssim']:.4f} / {r['bicubic_ssim']:.4f}",
                       f"{r['osp_flicker']:.2f} / {r['bicubic_flicker']:.2f}"])  # fmt: skip
     for r in interpolate_rows:
-        table.append([f"interpolator x{r['factor']}", f"{r['set']} ({r['clips']} clips)", f"{r['osp_psnr']:.2f} dB",
+        table.append([f"interpolator x{r['factor']}{' + ensemble' if r['ensemble'] else ''}",
+                      f"{r['set']} ({r['clips']} clips)", f"{r['osp_psnr']:.2f} dB",
                       f"{r['linear_psnr']:.2f} dB (linear)", f"{r['gain_db']:+.2f} dB",
                       f">= +{TARGETS['interpolate']} dB" if r["set"].startswith("bigbuckbunny") and r["factor"] == 2 else "-", "-", "-"])  # fmt: skip
     notes = [
@@ -244,7 +247,9 @@ def main() -> None:
         "--denoise S: `osp upscale --denoise S`, the model's weights blended with its -denoise partner's "
         "(trained on degraded input only): (1 - S) * model + S * partner.",
         "interpolator: every other frame (x2) or three of every four (x4) dropped and restored; PSNR over "
-        "RGB of the restored frames; linear = the blend of the two kept neighbours at the frame's time.",
+        "RGB of the restored frames; linear = the blend of the two kept neighbours at the frame's time; "
+        "+ ensemble: `osp interpolate --ensemble`, each new frame the mean over the pair's 4 mirror images "
+        "(4x the time).",
         f"machine: {machine_info()['cpu']}",
     ]
     print_report("Finishing models on held-out video", header, table, notes)

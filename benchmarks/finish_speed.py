@@ -7,7 +7,8 @@ Measured (median of ``--runs`` after one warm-up call, inputs in [-1, 1]):
 
 * upscaling 17x64x64 -> x4 (17x256x256) with the bundled upscaler;
 * interpolating 17 -> 33 frames at 256x256 with the bundled interpolator;
-* the upscaling again as a self-ensemble (``osp upscale --ensemble``: 8 flips and transposes);
+* each again as its ensemble (``osp upscale --ensemble``: 8 flips and transposes; ``osp
+  interpolate --ensemble``: 4 mirror images);
 
 each in eager PyTorch (fp32), eager bf16, ONNX Runtime (``osp export --components upscaler,interpolator``,
 traced at the bundled pipeline's 17x64x64 with dynamic axes) and an AOTInductor package (``--target
@@ -75,6 +76,7 @@ def main() -> None:
         "upscale 17x64x64 -> x4": lambda net, dt: lambda: up.to(dt).upscale(small.to(dt), 4, net=net),
         "interpolate 17 -> 33 frames, 256x256": lambda net, dt: lambda: rife.to(dt).interpolate(large.to(dt), 2, net=net),
         "upscale 17x64x64 -> x4, --ensemble": lambda net, dt: lambda: up.to(dt).upscale(small.to(dt), 4, net=net, ensemble=True),
+        "interpolate 17 -> 33 frames, 256x256, --ensemble": lambda net, dt: lambda: rife.to(dt).interpolate(large.to(dt), 2, net=net, ensemble=True),
     }  # fmt: skip
     results: dict[str, dict[str, float]] = {name: {} for name in jobs}
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():

@@ -301,6 +301,55 @@ def test_tiled_matches_untiled_on_smooth_motion() -> None:
     assert psnr(tiled, whole) > 40
 
 
+def test_ensemble_is_the_mean_over_the_pairs_mirror_images() -> None:
+    """Each new frame of the ensemble is the mean of the network's frames for the pair as is, mirrored
+    left-right, upside down and both, each mirrored back (made here call by call, mirroring by index);
+    so, unlike the network's own, its frames mirror with the input. Recursive x4, an engine's ``net``,
+    tiles and bf16 take the same path."""
+    torch.manual_seed(0)
+    model = IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"].replace(recursive=True)).eval()
+    video = torch.rand(1, 3, 3, 16, 24) * 2 - 1  # multiples of the model's 8: no padding to mirror
+    rows, cols = torch.arange(15, -1, -1), torch.arange(23, -1, -1)
+    mirrors = [
+        lambda v: v,
+        lambda v: v[..., cols],
+        lambda v: v[..., rows, :],
+        lambda v: v[..., rows, :][..., cols],
+    ]
+    with torch.no_grad():
+        ens = model.interpolate(video, 2, ensemble=True)
+        a, b, half = video[:, :, 0], video[:, :, 1], torch.full((1,), 0.5)
+        expected = sum(m(model(m(a), m(b), half)) for m in mirrors) / 4
+        torch.testing.assert_close(ens[:, :, 1], expected, atol=1e-6, rtol=0)
+        assert torch.equal(ens[:, :, ::2], video)
+        plain = model.interpolate(video, 2)
+        assert not torch.allclose(ens, plain, atol=1e-3)
+        for m in mirrors[1:]:
+            torch.testing.assert_close(
+                model.interpolate(m(video), 2, ensemble=True), m(ens), atol=1e-5, rtol=0
+            )
+        assert not torch.allclose(model.interpolate(mirrors[1](video), 2), mirrors[1](plain), atol=1e-3)
+
+        calls: list[int] = []
+
+        def net(frame0: torch.Tensor, frame1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            calls.append(frame0.shape[0])
+            return model(frame0, frame1, t)
+
+        x4 = model.interpolate(video, 4, net=net, ensemble=True)
+        assert calls == [2] * 4 + [4] * 4  # per pass, the pass's new frames at once, once per mirror
+        torch.testing.assert_close(x4[:, :, ::2], ens, atol=1e-6, rtol=0)
+        half_precision = model.to(torch.bfloat16).interpolate(video.bfloat16(), 2, ensemble=True)
+        assert half_precision.dtype == torch.bfloat16 and (half_precision.float() - ens).abs().max() < 0.05
+    y, x = torch.meshgrid(torch.arange(80.0), torch.arange(96.0), indexing="ij")
+    wave = torch.stack([torch.sin((x + 2 * t) / 9) * torch.cos((y - t) / 11) for t in range(3)])
+    wave = wave[None, None].expand(1, 3, 3, 80, 96) * 0.8
+    with torch.no_grad():
+        whole = model.float().interpolate(wave, 2, ensemble=True)
+        tiled = model.interpolate(wave, 2, InterpolateTiling(size=48, overlap=16, frames=1), ensemble=True)
+    assert psnr(tiled, whole) > 40
+
+
 def test_save_and_load_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = IFNetInterpolator(INTERPOLATOR_CONFIGS["rife-tiny"]).eval()

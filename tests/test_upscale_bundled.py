@@ -170,6 +170,22 @@ def test_bundled_interpolator_beats_blending_on_held_out_video() -> None:
         assert psnr(ours, clip[new]) > psnr(linear, clip[new]) + 0.8, factor
 
 
+def test_interpolator_ensemble_beats_the_plain_bundled_model_on_held_out_video() -> None:
+    """The clip above: the 4-mirror ensemble gains 1.50 dB over linear blending at x2 (plain 1.32) and
+    1.79 dB at x4 (plain 1.36)."""
+    clip = read_video(sample_video("bigbuckbunny"), num_frames=9, start_frame=0, size=128).frames
+    model = load_finisher("interpolator")
+    assert isinstance(model, IFNetInterpolator)
+    for factor in (2, 4):
+        kept, new = clip[::factor], [i for i in range(len(clip)) if i % factor]
+        with torch.inference_mode():
+            plain, ens = (
+                from_model(model.interpolate(to_model(kept)[None], factor, ensemble=e)[0])[new]
+                for e in (False, True)
+            )
+        assert psnr(ens, clip[new]) > psnr(plain, clip[new]) + 0.1, factor
+
+
 def test_bundled_chain_makes_33_frames_of_256(tmp_path: Path) -> None:
     out = tmp_path / "chain.mp4"
     result = CliRunner().invoke(cli, ["generate", "a red circle moving left on a black background", "--steps", "2",

@@ -109,6 +109,12 @@ def test_ort_finishers_match_the_eager_models(
             rife.interpolate(video, 4, net=interpolate), rife.interpolate(video, 4), atol=1e-4, rtol=0
         )
         torch.testing.assert_close(up.upscale(video, 2, net=upscale), up.upscale(video, 2), atol=1e-4, rtol=0)
+        torch.testing.assert_close(  # the 4-mirror ensemble through the engine
+            rife.interpolate(video, 2, net=interpolate, ensemble=True),
+            rife.interpolate(video, 2, ensemble=True),
+            atol=1e-4,
+            rtol=0,
+        )
 
 
 def test_the_chain_runs_on_the_exported_finishers(

@@ -13,6 +13,7 @@ from osp.interpolate.ifnet import (
     IFNetInterpolator,
     InterpolateTiling,
     InterpolatorConfig,
+    flip_ensemble,
     warp,
 )
 from osp.io.weights import CONFIG_NAME
@@ -22,6 +23,7 @@ __all__ = [
     "IFNetInterpolator",
     "InterpolateTiling",
     "InterpolatorConfig",
+    "flip_ensemble",
     "load_interpolator",
     "warp",
 ]

@@ -222,15 +222,18 @@ def interpolate_clip(
     factor: int,
     tiling: InterpolateTiling | Literal["auto"] | None,
     net: Net | None = None,
+    ensemble: bool = False,
 ) -> ClipFn:
-    """A uint8 clip of T frames -> (T - 1) * factor + 1 frames (``tiling``, ``net``: as upscale_clip's)."""
+    """A uint8 clip of T frames -> (T - 1) * factor + 1 frames (``tiling``, ``net``: as upscale_clip's;
+    ``ensemble``: each new frame the mean over the pair's 4 mirror images, see
+    :meth:`IFNetInterpolator.interpolate`)."""
 
     def run(clip: torch.Tensor, update: Update) -> torch.Tensor:
         param = next(model.parameters())
         x = to_model(clip)[None].to(param.device, param.dtype)
         tiles = _tiles(tiling, InterpolateTiling(), clip) if net is None else None
         with torch.inference_mode():
-            y = model.interpolate(x, factor, tiles, update, net=net)
+            y = model.interpolate(x, factor, tiles, update, net=net, ensemble=ensemble)
         return from_model(y[0].float().cpu())
 
     return run
@@ -270,6 +273,7 @@ class Finisher:
         upscale_denoise: float | None = None,
         upscale_denoise_model: str | Path | None = None,
         upscale_ensemble: bool = False,
+        interpolate_ensemble: bool = False,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         engine: object | None = None,
@@ -277,7 +281,7 @@ class Finisher:
         """Load the models and check the factors (before any generation). An ``engine`` with a
         ``finisher`` method (an exported folder's) runs the models it holds instead of the eager ones.
         ``upscale_denoise``, ``upscale_denoise_model``, ``upscale_ensemble``: as ``osp upscale --denoise``
-        / ``--denoise-model`` / ``--ensemble``."""
+        / ``--denoise-model`` / ``--ensemble``; ``interpolate_ensemble``: as ``osp interpolate --ensemble``."""
         finisher = cls()
 
         def net(kind: Kind, model: str | Path | None, denoise: float | None = None) -> Net | None:
@@ -292,7 +296,8 @@ class Finisher:
             inter = load_finisher("interpolator", interpolator, dtype=dtype, device=device)
             assert isinstance(inter, IFNetInterpolator)
             check_factor(inter, interpolate, "--interpolate")
-            run = interpolate_clip(inter, interpolate, "auto", net("interpolator", interpolator))
+            exported = net("interpolator", interpolator)
+            run = interpolate_clip(inter, interpolate, "auto", exported, ensemble=interpolate_ensemble)
             finisher.interpolate, finisher.factor = run, interpolate
         if upscale is not None and upscale != 1:
             # An engine runs the upscaler it was exported with (the default x4 unless one was named),
@@ -362,6 +367,9 @@ class UpscaleConfig(FinishConfig):
 class InterpolateConfig(FinishConfig):
     factor: int = Field(2, ge=1)
     tiling: InterpolateTiling = InterpolateTiling()
+    ensemble: bool = Field(
+        False, description="each new frame the mean over the pair's 4 mirror images (4x the time)"
+    )
 
 
 @dataclass
@@ -432,7 +440,7 @@ def run_interpolate(cfg: InterpolateConfig, progress: ProgressDisplay | None = N
     )
     t0 = time.perf_counter()
     with progress.step(f"interpolate x{cfg.factor}") as update:
-        out = interpolate_clip(model, cfg.factor, tiles)(video.frames, update)
+        out = interpolate_clip(model, cfg.factor, tiles, ensemble=cfg.ensemble)(video.frames, update)
     seconds["interpolate"] = time.perf_counter() - t0
     fps = video.fps * cfg.factor
     with progress.step("write"):

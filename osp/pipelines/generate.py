@@ -73,6 +73,7 @@ class GenerateConfig(Config):
         None  # that partner (folder, name or file); None: the -denoise sibling
     )
     upscale_ensemble: bool = False  # the upscaler's 8-symmetry self-ensemble
+    interpolate_ensemble: bool = False  # the interpolator's 4-mirror ensemble
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -115,7 +116,8 @@ def run_generate(
     finish = Finisher.build(interpolate=cfg.interpolate, upscale=cfg.upscale, interpolator=cfg.interpolator,
                             upscaler=cfg.upscaler, upscale_denoise=cfg.upscale_denoise,
                             upscale_denoise_model=cfg.upscale_denoise_model,
-                            upscale_ensemble=cfg.upscale_ensemble, dtype=DTYPES[cfg.dtype],
+                            upscale_ensemble=cfg.upscale_ensemble,
+                            interpolate_ensemble=cfg.interpolate_ensemble, dtype=DTYPES[cfg.dtype],
                             device=cfg.device, engine=built)  # fmt: skip
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
                   seed=cfg.seed, noise=cfg.noise, progress=progress,

@@ -120,6 +120,8 @@ class _KeepArgs(click.Command):
               ".pth); default the upscaler's <name>-denoise folder.")  # fmt: skip
 @click.option("--upscale-ensemble", is_flag=True,
               help="As osp upscale --ensemble: average 8 flips and transposes (8x the upscaling time).")  # fmt: skip
+@click.option("--interpolate-ensemble", is_flag=True,
+              help="As osp interpolate --ensemble: average 4 mirror images (4x the interpolation time).")  # fmt: skip
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
 @click.option("--grid", is_flag=True, help="Also write OUT_grid.png: every clip's frames, one row per clip.")
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
@@ -151,6 +153,7 @@ def generate(
     upscale_denoise: float | None,
     upscale_denoise_model: str | None,
     upscale_ensemble: bool,
+    interpolate_ensemble: bool,
     gif: bool,
     grid: bool,
     dtype: str,
@@ -210,6 +213,7 @@ def generate(
             upscale_denoise=upscale_denoise,
             upscale_denoise_model=upscale_denoise_model,
             upscale_ensemble=upscale_ensemble,
+            interpolate_ensemble=interpolate_ensemble,
             gif=gif,
             grid=grid,
             dtype=dtype,

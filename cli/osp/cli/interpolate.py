@@ -25,12 +25,15 @@ from osp.cli.common import DTYPE_CHOICE, console
               help="Spatial tile, in pixels.")  # fmt: skip
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Spatial tile overlap, in pixels.")  # fmt: skip
+@click.option("--ensemble", is_flag=True,
+              help="Each new frame the mean over the pair mirrored 4 ways (as is, left-right, upside down, "
+              "both): a little closer to the truth, for 4x the time.")  # fmt: skip
 @click.option("--dtype", type=DTYPE_CHOICE, default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1, ...")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def interpolate(
     video: Path, out: Path, factor: int, model: str | None, weights: Path | None, tile: bool | None,
-    tile_size: int, tile_overlap: int, dtype: str, device: str, quiet: bool,
+    tile_size: int, tile_overlap: int, ensemble: bool, dtype: str, device: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Interpolate VIDEO to --factor x its frame rate and write OUT."""
     from osp.pipelines.finish import InterpolateConfig, run_interpolate
@@ -38,7 +41,7 @@ def interpolate(
 
     cfg = InterpolateConfig.from_dict(
         dict(video=video, out=out, factor=factor, model=model, weights=weights, tile=tile, dtype=dtype,
-             device=device, tiling=dict(size=tile_size, overlap=tile_overlap)),
+             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), ensemble=ensemble),
         source="options",
     )  # fmt: skip
     with ProgressDisplay(enabled=not quiet) as progress:
