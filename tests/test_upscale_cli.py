@@ -186,6 +186,46 @@ def test_interpolate_and_chain_ensemble(tmp_path: Path, assets: Path, t2v_dir: P
         assert errors[0] < errors[1], (command[0], errors)
 
 
+def test_final_warp_reaches_the_interpolator(
+    tmp_path: Path, assets: Path, t2v_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """osp interpolate --final-warp and osp generate --interpolate-warp set the loaded model's final
+    warp (seen where the clip is handed to it); the chain then makes exactly the frames of the same
+    weights under final_warp: bicubic (a bilinear model here, as released RIFE weights are)."""
+    from osp.interpolate import load_interpolator
+    from osp.pipelines import finish
+
+    seen: list[str] = []
+    original = finish.interpolate_clip
+
+    def spy(model: IFNetInterpolator, *args: object, **kwargs: object) -> finish.ClipFn:
+        seen.append(model.config.final_warp)
+        return original(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(finish, "interpolate_clip", spy)
+    rife = str(assets / "rife")
+    code, text = run("interpolate", str(assets / "clip.mp4"), "-o", str(tmp_path / "a.mp4"), "--model", rife,
+                     "--final-warp", "bicubic", "-q")  # fmt: skip
+    assert code == 0, text
+    code, text = run("generate", "a red circle", "--model", str(t2v_dir), "--steps", "2", "-o", str(tmp_path / "b.mp4"),
+                     "--interpolate", "2", "--interpolator", rife, "--interpolate-warp", "bicubic", "-q")  # fmt: skip
+    assert code == 0, text
+    assert seen == ["bicubic", "bicubic"]
+    model = load_interpolator(assets / "rife").eval()
+    assert model.config.final_warp == "bilinear"
+    bicubic = IFNetInterpolator.from_state_dict(
+        model.config.replace(final_warp="bicubic"), model.state_dict()
+    )
+    clip = read_video(assets / "clip.mp4").frames
+    chain = finish.Finisher.build(interpolate=2, interpolator=rife, interpolate_warp="bicubic")
+    assert chain.interpolate is not None
+    got = chain.interpolate(clip, lambda done, total: None)
+    with torch.inference_mode():
+        expected = from_model(bicubic.eval().interpolate(to_model(clip)[None], 2)[0])
+        bilinear = from_model(model.interpolate(to_model(clip)[None], 2)[0])
+    assert torch.equal(got, expected) and not torch.equal(got, bilinear)
+
+
 def test_generate_chains_interpolator_then_upscaler(tmp_path: Path, assets: Path, t2v_dir: Path) -> None:
     """base model (9 frames, 32x48) -> x2 frames (17) -> x4 size (128x192), at twice the frame rate."""
     out = tmp_path / "chain.mp4"

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from torch.torch_version import TorchVersion
 
 from osp.cli.main import cli
+from osp.errors import ConfigError
 from osp.export.aoti import export_compiled
 from osp.export.manifest import EngineMismatchError, read_manifest
 from osp.export.onnx import export_onnx, finisher_source
@@ -130,6 +131,8 @@ def test_the_chain_runs_on_the_exported_finishers(
     exported = Finisher.build(**kwargs, engine=OrtEngine(onnx_dir, t2v_dir))([clip], 8.0)  # type: ignore[arg-type]
     assert eager[1] == exported[1] == 16.0 and exported[0][0].shape == (9, 3, 96, 128)
     assert (eager[0][0].int() - exported[0][0].int()).abs().max() <= 1
+    with pytest.raises(ConfigError, match="--interpolate-warp: an exported interpolator warps as"):
+        Finisher.build(**kwargs, interpolate_warp="bicubic", engine=OrtEngine(onnx_dir, t2v_dir))  # type: ignore[arg-type]
 
 
 def test_engine_refuses_finishers_of_other_weights(onnx_dir: Path, t2v_dir: Path, tmp_path: Path) -> None:

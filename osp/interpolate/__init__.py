@@ -13,6 +13,7 @@ from osp.interpolate.ifnet import (
     IFNetInterpolator,
     InterpolateTiling,
     InterpolatorConfig,
+    Warp,
     flip_ensemble,
     warp,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "IFNetInterpolator",
     "InterpolateTiling",
     "InterpolatorConfig",
+    "Warp",
     "flip_ensemble",
     "load_interpolator",
     "warp",

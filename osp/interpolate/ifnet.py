@@ -38,6 +38,7 @@ from osp.io.weights import Pretrained
 from osp.layers.tiling import AxisMap, tiled_apply
 
 ProgressFn = Callable[[int, int], None]
+Warp = Literal["bilinear", "bicubic"]  # how frames are resampled along a flow
 
 
 class InterpolatorConfig(Config):
@@ -47,7 +48,7 @@ class InterpolatorConfig(Config):
     head_channels: int = Field(16, gt=0, description="channels of the learned per-frame encoding")
     feat_channels: int = Field(8, ge=0, description="feature channels each block hands to the next")
     factors: tuple[int, ...] = (2, 4)  # the frame-rate multiples offered (t = k / factor)
-    final_warp: Literal["bilinear", "bicubic"] = Field(
+    final_warp: Warp = Field(
         "bilinear",
         description="resampling of the two frames along the final flows (the release: bilinear; "
         "bicubic keeps the detail that bilinear blurs at sub-pixel motion)",

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from osp.config import Config
 from osp.errors import ConfigError, ShapeError, WeightsError
-from osp.interpolate import IFNetInterpolator, InterpolateTiling, load_interpolator
+from osp.interpolate import IFNetInterpolator, InterpolateTiling, Warp, load_interpolator
 from osp.io.video import from_model, probe_video, read_video, to_model, write_video
 from osp.io.weights import CONFIG_NAME, read_config_json
 from osp.pipelines.bundled import local_models_dir
@@ -126,6 +126,13 @@ def load_finisher(
     if kind == "upscaler":
         return load_upscaler(path, dtype=dtype, device=device)
     return load_interpolator(path, dtype=dtype, device=device)
+
+
+def with_final_warp(model: IFNetInterpolator, mode: Warp) -> None:
+    """Resample the frames along the final flows by ``mode`` from now on: released RIFE weights warp
+    bilinearly, and bicubic keeps detail that moved a fraction of a pixel (small frames); the weights
+    are unchanged, so the flows and mask are those the model learnt."""
+    model.config = model.config.replace(final_warp=mode)
 
 
 DENOISE_SUFFIX = "-denoise"
@@ -274,6 +281,7 @@ class Finisher:
         upscale_denoise_model: str | Path | None = None,
         upscale_ensemble: bool = False,
         interpolate_ensemble: bool = False,
+        interpolate_warp: Warp | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
         engine: object | None = None,
@@ -281,7 +289,8 @@ class Finisher:
         """Load the models and check the factors (before any generation). An ``engine`` with a
         ``finisher`` method (an exported folder's) runs the models it holds instead of the eager ones.
         ``upscale_denoise``, ``upscale_denoise_model``, ``upscale_ensemble``: as ``osp upscale --denoise``
-        / ``--denoise-model`` / ``--ensemble``; ``interpolate_ensemble``: as ``osp interpolate --ensemble``."""
+        / ``--denoise-model`` / ``--ensemble``; ``interpolate_ensemble``, ``interpolate_warp``: as ``osp
+        interpolate --ensemble`` / ``--final-warp``."""
         finisher = cls()
 
         def net(kind: Kind, model: str | Path | None, denoise: float | None = None) -> Net | None:
@@ -297,6 +306,13 @@ class Finisher:
             assert isinstance(inter, IFNetInterpolator)
             check_factor(inter, interpolate, "--interpolate")
             exported = net("interpolator", interpolator)
+            if interpolate_warp is not None:
+                if exported is not None:
+                    raise ConfigError(
+                        "--interpolate-warp: an exported interpolator warps as its weights folder's config "
+                        "said when it was exported (final_warp); set it there and export again"
+                    )
+                with_final_warp(inter, interpolate_warp)
             run = interpolate_clip(inter, interpolate, "auto", exported, ensemble=interpolate_ensemble)
             finisher.interpolate, finisher.factor = run, interpolate
         if upscale is not None and upscale != 1:
@@ -367,6 +383,9 @@ class UpscaleConfig(FinishConfig):
 class InterpolateConfig(FinishConfig):
     factor: int = Field(2, ge=1)
     tiling: InterpolateTiling = InterpolateTiling()
+    final_warp: Warp | None = Field(
+        None, description="how the frames are resampled along the final flows; None: the model's own"
+    )
     ensemble: bool = Field(
         False, description="each new frame the mean over the pair's 4 mirror images (4x the time)"
     )
@@ -432,6 +451,8 @@ def run_interpolate(cfg: InterpolateConfig, progress: ProgressDisplay | None = N
     model = load_finisher("interpolator", cfg.model, cfg.weights, dtype=DTYPES[cfg.dtype], device=cfg.device)
     assert isinstance(model, IFNetInterpolator)
     check_factor(model, cfg.factor)
+    if cfg.final_warp is not None:
+        with_final_warp(model, cfg.final_warp)
     with progress.step("read video"):
         video = read_video(cfg.video)
     seconds["load"] = time.perf_counter() - t0

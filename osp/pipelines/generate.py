@@ -74,6 +74,7 @@ class GenerateConfig(Config):
     )
     upscale_ensemble: bool = False  # the upscaler's 8-symmetry self-ensemble
     interpolate_ensemble: bool = False  # the interpolator's 4-mirror ensemble
+    interpolate_warp: Literal["bilinear", "bicubic"] | None = None  # None: the interpolator's own final warp
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
@@ -117,7 +118,8 @@ def run_generate(
                             upscaler=cfg.upscaler, upscale_denoise=cfg.upscale_denoise,
                             upscale_denoise_model=cfg.upscale_denoise_model,
                             upscale_ensemble=cfg.upscale_ensemble,
-                            interpolate_ensemble=cfg.interpolate_ensemble, dtype=DTYPES[cfg.dtype],
+                            interpolate_ensemble=cfg.interpolate_ensemble,
+                            interpolate_warp=cfg.interpolate_warp, dtype=DTYPES[cfg.dtype],
                             device=cfg.device, engine=built)  # fmt: skip
     common = dict(frames=cfg.frames, size=cfg.size, steps=cfg.steps, guidance=cfg.guidance, sampler=cfg.sampler,
                   seed=cfg.seed, noise=cfg.noise, progress=progress,

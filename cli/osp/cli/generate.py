@@ -120,6 +120,8 @@ class _KeepArgs(click.Command):
               ".pth); default the upscaler's <name>-denoise folder.")  # fmt: skip
 @click.option("--upscale-ensemble", is_flag=True,
               help="As osp upscale --ensemble: average 8 flips and transposes (8x the upscaling time).")  # fmt: skip
+@click.option("--interpolate-warp", type=click.Choice(["bilinear", "bicubic"]), default=None,
+              help="As osp interpolate --final-warp (eager only); default the interpolator's own.")  # fmt: skip
 @click.option("--interpolate-ensemble", is_flag=True,
               help="As osp interpolate --ensemble: average 4 mirror images (4x the interpolation time).")  # fmt: skip
 @click.option("--gif", is_flag=True, help="Also write a GIF next to each video.")
@@ -154,6 +156,7 @@ def generate(
     upscale_denoise_model: str | None,
     upscale_ensemble: bool,
     interpolate_ensemble: bool,
+    interpolate_warp: str | None,
     gif: bool,
     grid: bool,
     dtype: str,
@@ -214,6 +217,7 @@ def generate(
             upscale_denoise_model=upscale_denoise_model,
             upscale_ensemble=upscale_ensemble,
             interpolate_ensemble=interpolate_ensemble,
+            interpolate_warp=interpolate_warp,
             gif=gif,
             grid=grid,
             dtype=dtype,

@@ -25,6 +25,9 @@ from osp.cli.common import DTYPE_CHOICE, console
               help="Spatial tile, in pixels.")  # fmt: skip
 @click.option("--tile-overlap", type=click.IntRange(min=0), default=64, show_default=True,
               help="Spatial tile overlap, in pixels.")  # fmt: skip
+@click.option("--final-warp", type=click.Choice(["bilinear", "bicubic"]), default=None,
+              help="Resample the frames along the final flows so; default the model's own (released RIFE: "
+              "bilinear). Bicubic keeps detail that moved a fraction of a pixel.")  # fmt: skip
 @click.option("--ensemble", is_flag=True,
               help="Each new frame the mean over the pair mirrored 4 ways (as is, left-right, upside down, "
               "both): a little closer to the truth, for 4x the time.")  # fmt: skip
@@ -33,7 +36,7 @@ from osp.cli.common import DTYPE_CHOICE, console
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def interpolate(
     video: Path, out: Path, factor: int, model: str | None, weights: Path | None, tile: bool | None,
-    tile_size: int, tile_overlap: int, ensemble: bool, dtype: str, device: str, quiet: bool,
+    tile_size: int, tile_overlap: int, final_warp: str | None, ensemble: bool, dtype: str, device: str, quiet: bool,
 ) -> None:  # fmt: skip
     """Interpolate VIDEO to --factor x its frame rate and write OUT."""
     from osp.pipelines.finish import InterpolateConfig, run_interpolate
@@ -41,7 +44,8 @@ def interpolate(
 
     cfg = InterpolateConfig.from_dict(
         dict(video=video, out=out, factor=factor, model=model, weights=weights, tile=tile, dtype=dtype,
-             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), ensemble=ensemble),
+             device=device, tiling=dict(size=tile_size, overlap=tile_overlap), final_warp=final_warp,
+             ensemble=ensemble),
         source="options",
     )  # fmt: skip
     with ProgressDisplay(enabled=not quiet) as progress:
