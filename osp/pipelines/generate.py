@@ -11,6 +11,7 @@ from pydantic import Field
 from osp.config import Config
 from osp.diffusion import Denoiser
 from osp.errors import ConfigError
+from osp.interpolate import Warp
 from osp.io.video import write_contact_sheet, write_gif, write_video
 from osp.pipelines.finish import Finisher
 from osp.pipelines.reconstruct import DTYPES
@@ -74,7 +75,7 @@ class GenerateConfig(Config):
     )
     upscale_ensemble: bool = False  # the upscaler's 8-symmetry self-ensemble
     interpolate_ensemble: bool = False  # the interpolator's 4-mirror ensemble
-    interpolate_warp: Literal["bilinear", "bicubic"] | None = None  # None: the interpolator's own final warp
+    interpolate_warp: Warp | None = None  # None: the interpolator's own final warp
 
 
 def output_paths(out: Path, count: int) -> list[Path]:
