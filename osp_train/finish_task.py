@@ -25,8 +25,9 @@ from osp.errors import ConfigError
 from osp.interpolate import INTERPOLATOR_CONFIGS, IFNetInterpolator, load_interpolator, warp
 from osp.io.video import from_model, to_model
 from osp.io.weights import CONFIG_NAME, Pretrained, read_config_json
+from osp.layers.symmetry import DIHEDRAL, turn
 from osp.metrics import flicker, luma
-from osp.upscale import DIHEDRAL, UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler, turn
+from osp.upscale import UPSCALER_CONFIGS, SRVGGUpscaler, load_upscaler
 from osp_train.config import TrainConfig
 from osp_train.degrade import degrade
 from osp_train.engine import DistInfo

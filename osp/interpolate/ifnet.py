@@ -35,6 +35,7 @@ from torch import nn
 from osp.config import Config
 from osp.errors import ShapeError
 from osp.io.weights import Pretrained
+from osp.layers.symmetry import MIRRORS, turn, unturn
 from osp.layers.tiling import AxisMap, tiled_apply
 
 ProgressFn = Callable[[int, int], None]
@@ -173,9 +174,6 @@ class IFBlock(nn.Module):
         return out[:, :4] * scale, out[:, 4:5], out[:, 5:]
 
 
-# The frame pair's mirror images a flip ensemble averages over: as is, left-right, upside down, both.
-FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
-
 Interpolate = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -187,12 +185,11 @@ def flip_ensemble(
     images, so their mean lies closer to the truth (the self-ensemble of image restoration), for 4x
     the time. With the transposes too (8 views) held-out bigbuckbunny at 64x64 gained no more."""
     total: torch.Tensor | None = None  # a running fp32 sum: one frame held at a time, not 4
-    for dims in FLIPS:
-        y = fn(frame0.flip(dims), frame1.flip(dims), t) if dims else fn(frame0, frame1, t)
-        y = (y.flip(dims) if dims else y).float()
+    for view in MIRRORS:
+        y = unturn(fn(turn(frame0, *view), turn(frame1, *view), t), *view).float()
         total = y if total is None else total + y
     assert total is not None
-    return (total / len(FLIPS)).to(frame0.dtype)
+    return (total / len(MIRRORS)).to(frame0.dtype)
 
 
 def _offset(progress: ProgressFn, done: int, total: int) -> ProgressFn:
@@ -313,6 +310,7 @@ class IFNetInterpolator(Pretrained):
         # Every new frame: (batch, pair, k), run in chunks of ``tiling.frames`` (all at once untiled).
         jobs = [(i, pair, k) for i in range(b) for pair in range(frames - 1) for k in range(1, factor)]
         chunk = tiling.frames if tiling is not None else len(jobs)
+        fn: Interpolate = (net or self) if tiling is None else functools.partial(self._tiled, tiling=tiling)
         out = video.new_empty(b, 3, (frames - 1) * factor + 1, h, w)
         out[:, :, ::factor] = video
         for start in range(0, len(jobs), chunk):
@@ -321,9 +319,6 @@ class IFNetInterpolator(Pretrained):
             pair = torch.tensor([j[1] for j in part])
             t = torch.tensor([j[2] / factor for j in part], device=video.device)
             frame0, frame1 = video[i, :, pair], video[i, :, pair + 1]  # (n, 3, H, W)
-            fn: Interpolate = net or self
-            if tiling is not None:
-                fn = functools.partial(self._tiled, tiling=tiling)
             new = flip_ensemble(fn, frame0, frame1, t) if ensemble else fn(frame0, frame1, t)
             for (bi, p, k), frame in zip(part, new, strict=True):
                 out[bi, :, p * factor + k] = frame

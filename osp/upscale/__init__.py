@@ -8,8 +8,9 @@ import torch
 
 from osp.errors import WeightsError
 from osp.io.weights import CONFIG_NAME
+from osp.layers.symmetry import DIHEDRAL, turn
 from osp.upscale.convert import convert_realesrgan
-from osp.upscale.srvgg import DIHEDRAL, UPSCALER_CONFIGS, SRVGGUpscaler, UpscalerConfig, UpscaleTiling, turn
+from osp.upscale.srvgg import UPSCALER_CONFIGS, SRVGGUpscaler, UpscalerConfig, UpscaleTiling
 
 __all__ = [
     "DIHEDRAL",

@@ -31,6 +31,7 @@ from torch import nn
 from osp.config import Config
 from osp.errors import ConfigError, ShapeError, WeightsError
 from osp.io.weights import Pretrained
+from osp.layers.symmetry import DIHEDRAL, turn, unturn
 from osp.layers.tiling import AxisMap, tiled_apply
 
 ProgressFn = Callable[[int, int], None]
@@ -82,12 +83,6 @@ def _activation(kind: str, channels: int) -> nn.Module:
     return nn.LeakyReLU(negative_slope=0.1, inplace=True)
 
 
-# The 8 symmetries of a square, as (transpose first, then flip these dims); the first is the identity.
-DIHEDRAL: tuple[tuple[bool, tuple[int, ...]], ...] = tuple(
-    (transpose, dims) for transpose in (False, True) for dims in ((), (-1,), (-2,), (-2, -1))
-)
-
-
 def bicubic_phases(scale: int) -> torch.Tensor:
     """(3 * scale², 1, 5, 5): a grouped convolution (edges replicated by 2 pixels first) whose outputs
     for input channel c are channels c * scale² .. (c + 1) * scale² - 1, the scale x scale sub-pixels of
@@ -108,12 +103,6 @@ def bicubic_phases(scale: int) -> torch.Tensor:
             taps[p, k] = keys(at - (k - 2))
     phases = torch.einsum("pk,ql->pqkl", taps, taps).reshape(scale * scale, 5, 5)  # (row p, col q)
     return phases.repeat(3, 1, 1).unsqueeze(1).float()
-
-
-def turn(x: torch.Tensor, transpose: bool, dims: tuple[int, ...]) -> torch.Tensor:
-    """(..., H, W) transposed, then flipped along ``dims``: one of :data:`DIHEDRAL` applied."""
-    x = x.transpose(-1, -2) if transpose else x
-    return x.flip(dims) if dims else x
 
 
 def _offset(progress: ProgressFn, n: int, passes: int) -> ProgressFn:
@@ -307,8 +296,7 @@ class SRVGGUpscaler(Pretrained):
             else:
                 shown = None if progress is None else _offset(progress, n, len(views))
                 view = self._tiled(x, tiling, shown)
-            view = view.flip(dims) if dims else view
-            view = view.transpose(-1, -2) if transpose else view
+            view = unturn(view, transpose, dims)
             if not ensemble:
                 total = view
             else:  # summed in fp32: 8 bf16 outputs summed in bf16 would lose their last bits
