@@ -43,8 +43,15 @@ def held_out(scale: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_bundled_finishers_are_listed_small_and_fp16() -> None:
     bundled = finishing_models()["bundled"]
-    names = (DEFAULT_UPSCALER, UPSCALER_X2, DEFAULT_INTERPOLATOR)
-    assert [bundled[name][0] for name in names] == ["upscaler", "upscaler", "interpolator"]
+    partners = [DEFAULT_UPSCALER + "-denoise", UPSCALER_X2 + "-denoise"]
+    names = (DEFAULT_UPSCALER, UPSCALER_X2, DEFAULT_INTERPOLATOR, *partners)
+    assert [bundled[name][0] for name in names] == [
+        "upscaler",
+        "upscaler",
+        "interpolator",
+        "upscaler",
+        "upscaler",
+    ]
     weights = [bundled[name][1] / "model.safetensors" for name in names]
     assert sum(w.stat().st_size for w in weights) <= 10 * 2**20
     for w in weights:
@@ -80,8 +87,8 @@ def test_bundled_x2_upscaler_and_the_x4_models_x2_beat_bicubic_on_held_out_video
     """bigbuckbunny (never trained on), 9 frames 128x128 from a 64x64 antialiased-bicubic input: the x2
     model gains 1.08 dB over bicubic here (RGB, no border crop; the benchmark's luma figure over four
     256x256 clips is +1.78 dB). The x4 model's output area-downsampled by 2 gains a little more in luma
-    there (+1.81 dB) and 0.26 dB more here in RGB; the x2 model stays the default for x2 because its
-    denoising partner blends with it (osp upscale --scale 2 --denoise S)."""
+    there (+1.81 dB) and 0.26 dB more here in RGB; the x2 model stays the default for x2, with a
+    denoising partner trained at x2 (osp upscale --scale 2 --denoise S)."""
     truth, low, bicubic = held_out(2)
     with torch.inference_mode():
         x2 = from_model(load_finisher("upscaler", scale=2).upscale(to_model(low)[None], 2)[0])
@@ -100,31 +107,34 @@ def test_bundled_upscaler_beats_bicubic_on_held_out_video() -> None:
     assert psnr(ours, truth) > psnr(bicubic, truth) + 0.7
 
 
-def test_bundled_x2_denoise_partner_helps_on_degraded_held_out_video() -> None:
-    """The x2 model's -denoise partner (its weights trained on degraded pairs only) blends with it;
-    on the clip above degraded as in training (4 fixed draws), bicubic is beaten by 0.07 dB on average
-    by the plain model, 0.25 dB by --denoise 0.5 and 0.29 dB by --denoise 1 (RGB, no border crop)."""
+@pytest.mark.parametrize("scale", [2, 4])
+def test_bundled_denoise_partners_help_on_degraded_held_out_video(scale: int) -> None:
+    """Each bundled upscaler's -denoise partner (its weights trained on degraded pairs only) blends with
+    it; on the clip above degraded as in training (4 fixed draws), bicubic is beaten on average at x2 by
+    0.07 dB by the plain model, 0.25 dB by --denoise 0.5 and 0.29 dB by --denoise 1, at x4 by 0.15,
+    0.35 and 0.48 dB (RGB, no border crop)."""
     import random
 
     from osp.pipelines.finish import denoise_partner, load_upscaler_blend
     from osp_train.degrade import degrade
     from osp_train.finish_config import DegradeConfig
 
-    folder = denoise_partner(resolve_finisher(None, "upscaler", 2))
-    assert folder is not None and folder.name == UPSCALER_X2 + "-denoise"
+    model = resolve_finisher(None, "upscaler", scale)
+    folder = denoise_partner(model)
+    assert folder is not None and folder.name == model.name + "-denoise"
     assert {t.dtype for t in load_safetensors(folder / "model.safetensors").values()} == {torch.float16}
-    truth, _, _ = held_out(2)
+    truth, _, _ = held_out(scale)
     training = DegradeConfig(
         clean=0.0, blur_sigma=(0.2, 1.2), noise_sigma=(0.0, 6.0), crf=(18, 30), second_order=0.2
     )
     gains: dict[float | None, list[float]] = {None: [], 0.5: [], 1.0: []}
     for draw in range(4):
-        low = degrade(truth, 2, training, random.Random(draw))
-        bicubic = F.interpolate(low.float(), scale_factor=2, mode="bicubic").round().clamp(0, 255)
+        low = degrade(truth, scale, training, random.Random(draw))
+        bicubic = F.interpolate(low.float(), scale_factor=scale, mode="bicubic").round().clamp(0, 255)
         for strength, found in gains.items():
-            model = load_upscaler_blend(None, None, strength, scale=2)
+            blend = load_upscaler_blend(None, None, strength, scale=scale)
             with torch.inference_mode():
-                out = from_model(model.upscale(to_model(low)[None], 2)[0])
+                out = from_model(blend.upscale(to_model(low)[None], scale)[0])
             found.append(psnr(out, truth) - psnr(bicubic.to(torch.uint8), truth))
     mean = {strength: sum(found) / len(found) for strength, found in gains.items()}
     assert mean[0.5] > mean[None] + 0.1 and mean[1.0] > mean[None] + 0.1
