@@ -127,15 +127,17 @@ def test_bundled_denoise_partners_help_on_degraded_held_out_video(scale: int) ->
     training = DegradeConfig(
         clean=0.0, blur_sigma=(0.2, 1.2), noise_sigma=(0.0, 6.0), crf=(18, 30), second_order=0.2
     )
-    gains: dict[float | None, list[float]] = {None: [], 0.5: [], 1.0: []}
+    blends = {
+        strength: load_upscaler_blend(None, None, strength, scale=scale) for strength in (None, 0.5, 1.0)
+    }
+    gains: dict[float | None, list[float]] = {strength: [] for strength in blends}
     for draw in range(4):
         low = degrade(truth, scale, training, random.Random(draw))
         bicubic = F.interpolate(low.float(), scale_factor=scale, mode="bicubic").round().clamp(0, 255)
-        for strength, found in gains.items():
-            blend = load_upscaler_blend(None, None, strength, scale=scale)
+        for strength, blend in blends.items():
             with torch.inference_mode():
                 out = from_model(blend.upscale(to_model(low)[None], scale)[0])
-            found.append(psnr(out, truth) - psnr(bicubic.to(torch.uint8), truth))
+            gains[strength].append(psnr(out, truth) - psnr(bicubic.to(torch.uint8), truth))
     mean = {strength: sum(found) / len(found) for strength, found in gains.items()}
     assert mean[0.5] > mean[None] + 0.1 and mean[1.0] > mean[None] + 0.1
 
