@@ -43,10 +43,11 @@ class DegradeConfig(Config):
 
 class UpscaleTaskConfig(Config):
     """``task: upscale``: pairs made on the fly from ``data`` clips (the high-resolution targets);
-    loss = l1_weight * |y - x| + luma_weight * |Y(y) - Y(x)| + perceptual_weight * P(y, x)
-    + temporal_weight * |Δt y - Δt x|, averaged over frames, Y the BT.601 luma (what the SR literature's
-    PSNR and SSIM are measured on), Δt the change from one frame to the next (what flickers: an upscaler
-    that redraws codec noise differently in each frame changes where the video does not).
+    loss = l1_weight * |y - x| + l2_weight * (y - x)^2 + luma_weight * |Y(y) - Y(x)|
+    + perceptual_weight * P(y, x) + temporal_weight * |Δt y - Δt x|, averaged over frames, pixels in
+    [-1, 1], Y the BT.601 luma (what the SR literature's PSNR and SSIM are measured on), Δt the change
+    from one frame to the next (what flickers: an upscaler that redraws codec noise differently in each
+    frame changes where the video does not).
 
     ``dihedral``: before its input is made, each clip (all its frames alike) is turned by one of the 8
     symmetries of the square, drawn from the step's generator, the augmentation of EDSR and RCAN. The
@@ -56,6 +57,11 @@ class UpscaleTaskConfig(Config):
     scale: int | None = Field(None, ge=2, le=4, description="None: the model's own scale")
     degrade: DegradeConfig = DegradeConfig()
     l1_weight: float = Field(1.0, ge=0)
+    l2_weight: float = Field(
+        0.0,
+        ge=0,
+        description="squared error: what PSNR measures; EDSR-style PSNR fine-tuning after L1 training",
+    )
     luma_weight: float = Field(0.0, ge=0)
     perceptual_weight: float = Field(0.1, ge=0)
     temporal_weight: float = Field(0.0, ge=0, description="needs data.num_frames >= 2")

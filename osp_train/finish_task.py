@@ -135,10 +135,11 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         out = engine(low).float()
         real, fake = _frames(hr), _frames(out)
         l1 = (real - fake).abs().mean()
+        l2 = (real - fake).pow(2).mean() if spec.l2_weight else torch.zeros_like(l1)
         y = (luma(real) - luma(fake)).abs().mean() if spec.luma_weight else torch.zeros_like(l1)
         p = perceptual(real, fake).mean() if perceptual is not None else torch.zeros_like(l1)
         tl = flicker(out, hr, dim=2) if spec.temporal_weight else torch.zeros_like(l1)  # (B, 3, T, H, W)
-        loss = spec.l1_weight * l1 + spec.luma_weight * y + spec.perceptual_weight * p
+        loss = spec.l1_weight * l1 + spec.l2_weight * l2 + spec.luma_weight * y + spec.perceptual_weight * p
         loss = loss + spec.temporal_weight * tl
         engine.backward(loss)
         engine.step()
@@ -149,6 +150,7 @@ def _upscale_task(cfg: TrainConfig, model: SRVGGUpscaler, device: torch.device, 
         return {
             "loss": loss.item(),
             "l1": l1.item(),
+            "l2": l2.item(),
             "luma": y.item(),
             "perceptual": p.item(),
             "temporal": tl.item(),

@@ -110,23 +110,22 @@ def test_bundled_upscaler_beats_bicubic_on_held_out_video() -> None:
 @pytest.mark.parametrize("scale", [2, 4])
 def test_bundled_denoise_partners_help_on_degraded_held_out_video(scale: int) -> None:
     """Each bundled upscaler's -denoise partner (its weights trained on degraded pairs only) blends with
-    it; on the clip above degraded as in training (4 fixed draws), bicubic is beaten on average at x2 by
-    0.07 dB by the plain model, 0.25 dB by --denoise 0.5 and 0.29 dB by --denoise 1, at x4 by 0.15,
-    0.33 and 0.48 dB (RGB, no border crop)."""
+    it; on the clip above degraded as configs/demo/upscale.yaml degrades (clean draws excluded; 4 fixed
+    draws), bicubic is beaten on average at x2 by 0.07 dB by the plain model, 0.25 dB by --denoise 0.5
+    and 0.29 dB by --denoise 1, at x4 by 0.15, 0.33 and 0.48 dB (RGB, no border crop)."""
     import random
 
     from osp.pipelines.finish import denoise_partner, load_upscaler_blend
+    from osp_train.config import TrainConfig
     from osp_train.degrade import degrade
-    from osp_train.finish_config import DegradeConfig
 
     model = resolve_finisher(None, "upscaler", scale)
     folder = denoise_partner(model)
     assert folder is not None and folder.name == model.name + "-denoise"
     assert {t.dtype for t in load_safetensors(folder / "model.safetensors").values()} == {torch.float16}
     truth, _, _ = held_out(scale)
-    training = DegradeConfig(
-        clean=0.0, blur_sigma=(0.2, 1.2), noise_sigma=(0.0, 6.0), crf=(18, 30), second_order=0.2
-    )
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "upscale.yaml"
+    training = TrainConfig.from_file(config).upscale.degrade.replace(clean=0.0)
     blends = {
         strength: load_upscaler_blend(None, None, strength, scale=scale) for strength in (None, 0.5, 1.0)
     }

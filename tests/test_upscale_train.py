@@ -4,6 +4,7 @@ clip past the baseline each model must beat, bit-exact resume, and bad settings.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -119,6 +120,14 @@ def test_luma_term_is_bt601_luma(clips: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(luma(rgb * 2 - 1)[:, 0], reference * 2 - 1)
     for row in logged_steps(clips, tmp_path / "luma", luma_weight=2.0):
         assert row["luma"] > 0 and row["loss"] == pytest.approx(row["l1"] + 2.0 * row["luma"], rel=1e-5)
+
+
+def test_l2_term_is_the_squared_error_psnr_measures(clips: Path, tmp_path: Path) -> None:
+    """upscale.l2_weight adds the mean squared error on [-1, 1]; the logged PSNR (output clamped to the
+    range first, which can only bring it nearer the target) is 10 log10(4 / that error) or more."""
+    for row in logged_steps(clips, tmp_path / "l2", l1_weight=0.0, l2_weight=3.0):
+        assert row["l2"] > 0 and row["loss"] == pytest.approx(3.0 * row["l2"], rel=1e-5)
+        assert row["psnr"] >= 10 * math.log10(4 / row["l2"]) - 1e-3, row
 
 
 def test_temporal_term_is_the_flicker_of_the_drawn_frames(clips: Path, tmp_path: Path) -> None:
