@@ -2,8 +2,9 @@
 # Training clips for the finishing models' later stages (configs/demo/upscale-stage3.yaml,
 # interpolate-stage3.yaml, upscale-x2-stage2.yaml and those after them): runs/finish/finish128.jsonl,
 # 2,300 5-frame 128x128 clips, runs/finish/finish256.jsonl, 1,112 3-frame 256x256 clips,
-# runs/finish/finish256w.jsonl, those and 700 more panned across desktop wallpapers, and
-# runs/finish/finish256w2.jsonl, those and 392 more panned across another package's photographs.
+# runs/finish/finish256w.jsonl, those and 700 more panned across desktop wallpapers,
+# runs/finish/finish256w2.jsonl, those and 392 more panned across another package's photographs, and
+# runs/finish/finish256w3.jsonl, those and 252 more panned across two more packages' photographs.
 #
 #   scripts/finish_data.sh            # from the repository root, in the environment osp is installed in
 #
@@ -18,6 +19,8 @@
 #   packages (`apt-get download`, as opencv-doc; the many flat-gradient illustrations are left out);
 #   for finish256w2.jsonl also 14 of the 15 photographs (1365x1074 to 5312x2988) of lomiri-wallpapers-16.04
 #   (20.04.0-2; its one flat-gradient image is left out).
+#   for finish256w3.jsonl also 9 of the 16 images (3640x2400 to 6028x3391) of ukui-wallpapers
+#   (20.04.3-1.1) and lomiri-wallpapers-20.04 (20.04.0-2), the photographs.
 # carphone (176x144) is left out: every crop of it would be enlarged, which teaches an upscaler blur.
 set -euo pipefail
 OUT=runs/finish
@@ -115,3 +118,24 @@ fi
 osp data pan $(LC_ALL=C ls "$WALL2"/*.png) -o "$OUT/wall256b" --count 28 --frames 3 --size 256 --travel 1.0 \
     --min-scale 0.3 --seed 23 --overwrite
 osp data merge "$OUT/finish256w.jsonl" "$OUT/wall256b/manifest.jsonl" -o "$OUT/finish256w2.jsonl"
+
+# runs/finish/finish256w3.jsonl: finish256w2.jsonl and 252 3-frame 256x256 clips panned across 9 more
+# photographs (configs/demo/upscale-stage11.yaml), cut as wall256: 7 of ukui-wallpapers (20.04.3-1.1)
+# and 2 of lomiri-wallpapers-20.04 (20.04.0-2); their flat illustrations and gradients are left out.
+WALL3=$OUT/wallpapers3
+if [ ! -f "$WALL3/the-mouse.png" ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download ukui-wallpapers lomiri-wallpapers-20.04 >/dev/null \
+        && for deb in *.deb; do dpkg-deb -x "$deb" x; done)
+    mkdir -p "$WALL3"
+    for name in 2004default.jpg calla.png firstgeneration.jpg goldfish.png rhythm.jpg string.jpg \
+        the-mouse.jpg Infinite-Sea_by_Aury88.jpg Kleiber_by_Lukas_Baubkus.jpg; do
+        python -c 'import sys; from PIL import Image; Image.open(sys.argv[1]).convert("RGB").save(sys.argv[2])' \
+            "$tmp/x/usr/share/backgrounds/$name" "$WALL3/${name%.*}.png"
+    done
+    rm -rf "$tmp"
+fi
+# shellcheck disable=SC2046  # one path per word, in byte order
+osp data pan $(LC_ALL=C ls "$WALL3"/*.png) -o "$OUT/wall256c" --count 28 --frames 3 --size 256 --travel 1.0 \
+    --min-scale 0.3 --seed 33 --overwrite
+osp data merge "$OUT/finish256w2.jsonl" "$OUT/wall256c/manifest.jsonl" -o "$OUT/finish256w3.jsonl"
