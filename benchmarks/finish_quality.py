@@ -9,7 +9,7 @@ centre-cropped to 256x256 are the ground truth; the input is that clip made smal
 * ``bicubic``: antialiased bicubic downscaling (the classic SR benchmark, and what a base model's
   clean low-resolution output is closest to);
 * ``degraded``: the training degradations (blur, downscale, noise, H.264; those of
-  configs/demo/upscale.yaml, never the clean case), one fixed draw per clip.
+  configs/demo/upscale.yaml, never the clean case), four fixed draws per clip (``--draws``).
 
 Measured against bicubic up-sampling of the same input: PSNR on luma (BT.601 Y, ``scale`` pixels of
 border cropped, as the SR literature measures), SSIM on luma, and temporal flicker, mean over pixels
@@ -89,9 +89,11 @@ def evaluate_upscaler(
     sheets: Path,
     degradations: DegradeConfig,
     partners: dict[int, SRVGGUpscaler] | None = None,
+    draws: int = 4,
 ) -> list[dict[str, Any]]:
     """One row per (scale, variant, input kind); ``models[scale]`` makes that scale, plainly, as a
-    self-ensemble and, with a denoising partner in ``partners[scale]``, blended with it at 0.5 and 1."""
+    self-ensemble and, with a denoising partner in ``partners[scale]``, blended with it at 0.5 and 1;
+    the degraded rows average ``draws`` degradations of each clip."""
     rows = []
     clips = [
         read_video(sample_video("bigbuckbunny"), num_frames=17, start_frame=s, size=256).frames
@@ -106,26 +108,34 @@ def evaluate_upscaler(
             net = model if partner is None or denoise is None else model.blended(partner, denoise)
             totals: dict[str, list[float]] = {}
             for i, truth in enumerate(clips):
-                if kind == "bicubic":
-                    low = downscale(truth.float(), scale).round().clamp(0, 255).to(torch.uint8)
-                else:
-                    low = degrade(truth, scale, degraded, random.Random(f"bench:{scale}:{i}"))
-                ours, base = run_upscaler(net, low, scale, ensemble), bicubic_up(low, scale)
-                for name, video in (("osp", ours), ("bicubic", base)):
-                    for key, value in upscale_metrics(video, truth, scale).items():
-                        totals.setdefault(f"{name}_{key}", []).append(value)
-                if i == 0 and not ensemble and denoise in (None, 1.0):
-                    near = low.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
-                    picks = [0, 8, 16]
-                    write_contact_sheet(
-                        sheets / f"upscale_x{scale}_{kind}{'' if denoise is None else '_denoise'}.png",
-                        [near[picks], base[picks], ours[picks], truth[picks]],
-                        labels=["input", "bicubic", "osp", "truth"],
-                    )
+                for draw, low in enumerate(inputs(truth, scale, kind, degraded, i, draws)):
+                    ours, base = run_upscaler(net, low, scale, ensemble), bicubic_up(low, scale)
+                    for name, video in (("osp", ours), ("bicubic", base)):
+                        for key, value in upscale_metrics(video, truth, scale).items():
+                            totals.setdefault(f"{name}_{key}", []).append(value)
+                    if i == 0 and draw == 0 and not ensemble and denoise in (None, 1.0):
+                        near = low.repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+                        picks = [0, 8, 16]
+                        write_contact_sheet(
+                            sheets / f"upscale_x{scale}_{kind}{'' if denoise is None else '_denoise'}.png",
+                            [near[picks], base[picks], ours[picks], truth[picks]],
+                            labels=["input", "bicubic", "osp", "truth"],
+                        )
             mean = {k: sum(v) / len(v) for k, v in totals.items()}
-            rows.append({"scale": scale, "input": kind, "ensemble": ensemble, "denoise": denoise, **mean,
-                         "gain_db": mean["osp_psnr"] - mean["bicubic_psnr"]})  # fmt: skip
+            rows.append({"scale": scale, "input": kind, "ensemble": ensemble, "denoise": denoise,
+                         "inputs": len(totals["osp_psnr"]), **mean, "gain_db": mean["osp_psnr"] - mean["bicubic_psnr"]})  # fmt: skip
     return rows
+
+
+def inputs(
+    truth: torch.Tensor, scale: int, kind: str, degraded: DegradeConfig, clip: int, draws: int
+) -> list[torch.Tensor]:
+    """The low-resolution inputs made from one ground-truth clip: its bicubic downscale, or ``draws``
+    degradations, each a fixed function of (scale, clip, draw) (draw 0 is the benchmark's first)."""
+    if kind == "bicubic":
+        return [downscale(truth.float(), scale).round().clamp(0, 255).to(torch.uint8)]
+    seeds = [f"bench:{scale}:{clip}" + (f":{d}" if d else "") for d in range(draws)]
+    return [degrade(truth, scale, degraded, random.Random(seed)) for seed in seeds]
 
 
 def restore(
@@ -190,8 +200,11 @@ def main() -> None:
     parser.add_argument("--interpolator", default=None, help="folder or name (default: the bundled one)")
     parser.add_argument("--degrade-from", type=Path, default=ROOT / "configs" / "demo" / "upscale.yaml",
                         help="the training config whose upscale.degrade makes the degraded inputs")  # fmt: skip
+    parser.add_argument("--draws", type=int, default=4, help="degradations of each clip (default 4)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
+    if args.draws < 1:
+        parser.error(f"--draws: give 1 or more, got {args.draws}")
     torch.manual_seed(0)
     ups = {scale: load_finisher("upscaler", args.upscaler, scale=scale) for scale in (2, 4)}
     rife = load_finisher("interpolator", args.interpolator)
@@ -205,7 +218,7 @@ def main() -> None:
     sheets.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         upscale_rows = evaluate_upscaler(
-            models, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade, partners
+            models, sheets, TrainConfig.from_file(args.degrade_from).upscale.degrade, partners, args.draws
         )
         interpolate_rows = evaluate_interpolator(rife, sheets, Path(tmp))
 
@@ -239,7 +252,8 @@ def main() -> None:
         "upscaler: "
         + ", ".join(f"x{s} {m}" for s, m in made_by.items())
         + f"; interpolator: {args.interpolator or 'bundled'}; "
-        f"degraded inputs: {_relative(args.degrade_from)}'s upscale.degrade, clean draws excluded",
+        f"degraded inputs: {_relative(args.degrade_from)}'s upscale.degrade, clean draws excluded, "
+        f"{args.draws} draws of each clip",
         "PSNR / SSIM of the upscaler on BT.601 luma with `scale` pixels of border cropped; flicker = mean "
         "|Δt(output) - Δt(truth)| in 8-bit luma levels (lower is steadier).",
         "a x4 model without a x2 one beside it makes x2 by area-downsampling its x4 output by 2.",
