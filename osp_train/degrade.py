@@ -14,7 +14,7 @@ from fractions import Fraction
 import torch
 import torch.nn.functional as F
 
-from osp.io.video import sws_flags
+from osp.io.video import sws_flags, x264_options
 from osp_train.finish_config import DegradeConfig
 
 
@@ -51,7 +51,7 @@ def reencode(frames: torch.Tensor, crf: int) -> torch.Tensor:
     encoder = av.CodecContext.create("libx264", "w")
     encoder.width, encoder.height, encoder.pix_fmt = w, h, "yuv420p"
     encoder.time_base = Fraction(1, 25)
-    encoder.options = {"crf": str(crf)}
+    encoder.options = x264_options(crf)
     packets = []
     for i, array in enumerate(frames.permute(0, 2, 3, 1).contiguous().numpy()):
         frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(
