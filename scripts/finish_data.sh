@@ -25,6 +25,30 @@
 set -euo pipefail
 OUT=runs/finish
 SRC=$OUT/opencv-doc
+
+# to_png DIR IMAGE...: each image as an RGB PNG in DIR, named by its file (plasma's, whose files are
+# all named by size, by their folder).
+to_png() {
+    python - "$@" <<'PY'
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+out = Path(sys.argv[1])
+for source in map(Path, sys.argv[2:]):
+    name = source.parents[2].name if source.parent.name == "images" else source.stem
+    Image.open(source).convert("RGB").save(out / f"{name}.png")
+PY
+}
+
+# pan_photos DIR OUT SEED: 28 3-frame 256x256 clips panned across each PNG in DIR (taken in byte order),
+# windows of 30-100% of the short side.
+pan_photos() {
+    # shellcheck disable=SC2046  # one path per word
+    osp data pan $(LC_ALL=C ls "$1"/*.png) -o "$2" --count 28 --frames 3 --size 256 --travel 1.0 \
+        --min-scale 0.3 --seed "$3" --overwrite
+}
 mkdir -p "$SRC"
 if [ ! -f "$SRC/Megamind.avi" ]; then
     tmp=$(mktemp -d)
@@ -79,24 +103,12 @@ if [ ! -f "$WALL/YellowFlower.png" ]; then
     mate="nature/Aqua nature/Blinds nature/Dune abstract/Elephants_5640x3172 nature/FreshFlower nature/Garden
 nature/GreenMeadow nature/LadyBird nature/RainDrops nature/Storm nature/TwoWings nature/YellowFlower nature/Wood"
     # shellcheck disable=SC2046  # one path per word
-    python - "$WALL" $(for n in $plasma; do echo "$tmp/x/usr/share/wallpapers/$n/contents/images/2560x1600.jpg"; done) \
+    to_png "$WALL" $(for n in $plasma; do echo "$tmp/x/usr/share/wallpapers/$n/contents/images/2560x1600.jpg"; done) \
         $(for n in $mate; do echo "$tmp/x/usr/share/backgrounds/mate/$n.jpg"; done) \
-        "$tmp/x/usr/share/backgrounds/gnome/grid-l.webp" "$tmp/x/usr/share/backgrounds/gnome/licorice-l.webp" <<'PY'
-import sys
-from pathlib import Path
-
-from PIL import Image
-
-out = Path(sys.argv[1])
-for source in map(Path, sys.argv[2:]):  # plasma's are named by their folder, the rest by their file
-    name = source.parents[2].name if source.parent.name == "images" else source.stem
-    Image.open(source).convert("RGB").save(out / f"{name}.png")
-PY
+        "$tmp/x/usr/share/backgrounds/gnome/grid-l.webp" "$tmp/x/usr/share/backgrounds/gnome/licorice-l.webp"
     rm -rf "$tmp"
 fi
-# shellcheck disable=SC2046  # one path per word, in byte order
-osp data pan $(LC_ALL=C ls "$WALL"/*.png) -o "$OUT/wall256" --count 28 --frames 3 --size 256 --travel 1.0 \
-    --min-scale 0.3 --seed 21 --overwrite
+pan_photos "$WALL" "$OUT/wall256" 21
 osp data merge "$OUT/finish256.jsonl" "$OUT/wall256/manifest.jsonl" -o "$OUT/finish256w.jsonl"
 
 # runs/finish/finish256w2.jsonl: finish256w.jsonl and 392 3-frame 256x256 clips panned across 14 more
@@ -106,17 +118,14 @@ if [ ! -f "$WALL2/sunset_by_Aitzol_Berasategi.png" ]; then
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download lomiri-wallpapers-16.04 >/dev/null && dpkg-deb -x lomiri-wallpapers-16.04_*.deb x)
     mkdir -p "$WALL2"
-    for path in "$tmp"/x/usr/share/backgrounds/*.jpg; do
-        name=$(basename "$path" .jpg)
-        [ "$name" = umang_by_Abhishek_Mudgal ] && continue  # a flat colour gradient
-        python -c 'import sys; from PIL import Image; Image.open(sys.argv[1]).convert("RGB").save(sys.argv[2])' \
-            "$path" "$WALL2/$name.png"
+    photos=()
+    for path in "$tmp"/x/usr/share/backgrounds/*.jpg; do  # umang_by_Abhishek_Mudgal is a flat colour gradient
+        [ "$(basename "$path" .jpg)" = umang_by_Abhishek_Mudgal ] || photos+=("$path")
     done
+    to_png "$WALL2" "${photos[@]}"
     rm -rf "$tmp"
 fi
-# shellcheck disable=SC2046  # one path per word, in byte order
-osp data pan $(LC_ALL=C ls "$WALL2"/*.png) -o "$OUT/wall256b" --count 28 --frames 3 --size 256 --travel 1.0 \
-    --min-scale 0.3 --seed 23 --overwrite
+pan_photos "$WALL2" "$OUT/wall256b" 23
 osp data merge "$OUT/finish256w.jsonl" "$OUT/wall256b/manifest.jsonl" -o "$OUT/finish256w2.jsonl"
 
 # runs/finish/finish256w3.jsonl: finish256w2.jsonl and 252 3-frame 256x256 clips panned across 9 more
@@ -128,14 +137,10 @@ if [ ! -f "$WALL3/the-mouse.png" ]; then
     (cd "$tmp" && apt-get download ukui-wallpapers lomiri-wallpapers-20.04 >/dev/null \
         && for deb in *.deb; do dpkg-deb -x "$deb" x; done)
     mkdir -p "$WALL3"
-    for name in 2004default.jpg calla.png firstgeneration.jpg goldfish.png rhythm.jpg string.jpg \
-        the-mouse.jpg Infinite-Sea_by_Aury88.jpg Kleiber_by_Lukas_Baubkus.jpg; do
-        python -c 'import sys; from PIL import Image; Image.open(sys.argv[1]).convert("RGB").save(sys.argv[2])' \
-            "$tmp/x/usr/share/backgrounds/$name" "$WALL3/${name%.*}.png"
-    done
+    photos=(2004default.jpg calla.png firstgeneration.jpg goldfish.png rhythm.jpg string.jpg the-mouse.jpg
+        Infinite-Sea_by_Aury88.jpg Kleiber_by_Lukas_Baubkus.jpg)
+    to_png "$WALL3" "${photos[@]/#/$tmp/x/usr/share/backgrounds/}"
     rm -rf "$tmp"
 fi
-# shellcheck disable=SC2046  # one path per word, in byte order
-osp data pan $(LC_ALL=C ls "$WALL3"/*.png) -o "$OUT/wall256c" --count 28 --frames 3 --size 256 --travel 1.0 \
-    --min-scale 0.3 --seed 33 --overwrite
+pan_photos "$WALL3" "$OUT/wall256c" 33
 osp data merge "$OUT/finish256w2.jsonl" "$OUT/wall256c/manifest.jsonl" -o "$OUT/finish256w3.jsonl"
