@@ -62,7 +62,8 @@ def x264_options(crf: int) -> dict[str, str]:
     """libx264 options for osp's H.264 encodes: ``crf``, and x264's lookahead run on the encoding
     threads (``sync-lookahead=0``), not on a thread of its own. With its own thread, writing the same
     9-frame 32x32 pan clip gave another file in 7 of 150 runs (pixels off by up to 2 levels), so
-    ``osp data pan`` / ``osp data cut`` did not always repeat a data set; with it, none in 200."""
+    ``osp data pan`` / ``osp data cut`` did not always repeat a data set; with it, none in 200 there,
+    but a rarer difference remains (its cause not found), so an encode is not yet always repeatable."""
     return {"crf": str(crf), "x264-params": "sync-lookahead=0"}
 
 
